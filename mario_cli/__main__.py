@@ -1,0 +1,3 @@
+from mario_cli.cli import main
+
+main()

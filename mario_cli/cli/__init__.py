@@ -1,0 +1,64 @@
+"""The ``mario`` command: one Typer app, one Rich console, one-line errors."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from mario_cli.cli import bench, config_cmd, plugins_cmd
+from mario_cli.cli.console import console, print_error
+from mario_cli.errors import MarioError
+
+app = typer.Typer(
+    name="mario",
+    help="Train agents to play Super Mario Bros from pixels.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(bench.app, name="bench")
+app.command("plugins")(plugins_cmd.plugins)
+
+_debug = False
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    global _debug
+    _debug = debug
+    if version:
+        from mario_cli import __version__
+
+        console.print(f"mario {__version__}")
+        raise typer.Exit()
+
+
+def _add_plugin_commands() -> None:
+    from mario_cli.plugins import get_host
+
+    try:
+        get_host().register_commands(app)
+    except MarioError as exc:
+        print_error(str(exc))
+        sys.exit(exc.exit_code)
+
+
+def main() -> None:
+    """Entry point of the ``mario`` script."""
+    _add_plugin_commands()
+    try:
+        app()
+    except MarioError as exc:
+        if _debug:
+            console.print_exception()
+        print_error(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        sys.exit(130)

@@ -1,0 +1,54 @@
+"""``mario bench``: measure the env pipeline (and, later, training) on this machine."""
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from mario_cli.cli.console import console
+from mario_cli.cli.options import config_path_option
+from mario_cli.config import load_config
+from mario_cli.errors import ConfigError
+
+app = typer.Typer(help="Measure throughput on this machine.", no_args_is_help=True)
+
+
+@app.command("env")
+def env(
+    n_envs: int = typer.Option(2, "--n-envs", help="Envs in the vector env measurement."),
+    steps: int = typer.Option(500, "--steps", help="Agent steps per measurement."),
+    n_workers: int | None = typer.Option(
+        None, "--n-workers", help="Worker processes (default: one per core)."
+    ),
+    env_id: str | None = typer.Option(None, "--env-id", help="Env id to measure."),
+    config: Path | None = config_path_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Raw emulator frames/s, one env's agent steps/s, and N envs' steps/s."""
+    from mario_cli.benchmark import bench_env
+
+    if n_envs < 1 or steps < 1:
+        raise ConfigError("--n-envs and --steps must be at least 1")
+    overrides = {"env": {"env_id": env_id}} if env_id else {}
+    cfg = load_config(config, overrides).env
+    with console.status("measuring", spinner="dots") as status:
+        result = bench_env(
+            cfg, n_envs, steps, n_workers, progress=lambda what: status.update(f"measuring {what}")
+        )
+    if as_json:
+        print(json.dumps(result.to_dict()))
+        return
+    table = Table(title=f"mario bench env ({cfg.env_id}, {result.cpu_count} cores)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("bare emulator frames/s", f"{result.raw_fps:,.0f}")
+    table.add_row("ceiling agent steps/s (1 core)", f"{result.raw_fps / result.frame_skip:,.1f}")
+    table.add_row("one env agent steps/s", f"{result.single_env_sps:,.1f}")
+    table.add_row(
+        f"{result.n_envs} envs / {result.n_workers} workers steps/s",
+        f"{result.vector_env_sps:,.1f}",
+    )
+    table.add_row("efficiency (one env / ceiling)", f"{result.efficiency:.2f}")
+    table.add_row("scaling (vector / one env)", f"{result.scaling:.2f}")
+    console.print(table)

@@ -1,0 +1,404 @@
+"""Layered configuration: built-in defaults < mario.toml < MARIO_* env vars < CLI flags.
+
+Each layer is read into a plain nested dict, the layers are merged, and the merge
+is validated once. When validation fails, the error names the key, the value and
+the layer that supplied it (a file, an env var or a flag).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from mario_cli.errors import ConfigError
+
+ENV_PREFIX = "MARIO_"
+ENV_NESTED_DELIMITER = "__"
+DEFAULT_CONFIG_NAME = "mario.toml"
+
+SMB_STAGES = [f"{world}-{stage}" for world in range(1, 9) for stage in range(1, 5)]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EnvConfig(Section):
+    env_id: str = Field(
+        "SuperMarioBros-1-1-v0",
+        description="gym-super-mario-bros env id (SuperMarioBros-W-S-v0, SuperMarioBros2-W-S-v0).",
+    )
+    random_stage: bool = Field(False, description="Sample a new stage from `stages` each reset.")
+    stages: list[str] = Field(
+        default_factory=lambda: list(SMB_STAGES),
+        description="Stages for random_stage, as W-S (default: all 32 SMB stages).",
+    )
+    movement: Literal["right_only", "simple", "complex"] = Field(
+        "simple", description="Action set: right_only (5), simple (7) or complex (12)."
+    )
+    frame_skip: int = Field(4, ge=1, description="NES frames per agent step (reward summed).")
+    frame_stack: int = Field(4, ge=1, description="Observations stacked along the channel axis.")
+    obs_size: int = Field(84, ge=16, description="Observations are resized to obs_size^2.")
+    crop_top: int = Field(0, ge=0, le=200, description="Rows cut from the top (HUD) before resize.")
+    wrappers: list[str] = Field(
+        default_factory=lambda: ["frame_skip", "grayscale", "resize", "reward", "frame_stack"],
+        description="Registered wrappers applied in order on top of the core env.",
+    )
+    reward_mode: Literal["raw", "clip", "progress", "score"] = Field(
+        "progress",
+        description="raw: env reward; clip: its sign; progress: new-best-x shaping; score: score.",
+    )
+    progress_scale: float = Field(0.1, ge=0, description="Reward per pixel of new best x.")
+    death_penalty: float = Field(2.5, ge=0, description="Subtracted when Mario loses a life.")
+    flag_bonus: float = Field(5.0, ge=0, description="Added when Mario reaches the flag.")
+    stall_penalty: float = Field(
+        0.01, ge=0, description="Subtracted each step once x has not improved for stall_steps."
+    )
+    stall_steps: int = Field(50, ge=1, description="Steps without a new best x before stalling.")
+    backward_penalty_scale: float = Field(0.0, ge=0, description="Penalty per pixel moved left.")
+    milestone_bonus: float = Field(0.0, ge=0, description="Bonus at every milestone_every px.")
+    milestone_every: int = Field(500, ge=1, description="Pixels of new best x between milestones.")
+    no_progress_terminate_steps: int = Field(
+        300, ge=0, description="Truncate after this many steps without a new best x (0: never)."
+    )
+    no_progress_terminate_penalty: float = Field(
+        0.0, ge=0, description="Subtracted when an episode is cut for no progress."
+    )
+    score_scale: float = Field(0.1, ge=0, description="score mode: overall reward scale.")
+    score_divisor: float = Field(40.0, gt=0, description="score mode: in-game score per reward.")
+    n_envs: int = Field(8, ge=1, description="Parallel envs.")
+    n_workers: int = Field(
+        0, ge=0, description="Env worker processes (0: one per core, envs spread over them)."
+    )
+    vector_mode: Literal["process", "sync"] = Field(
+        "process", description="process: worker processes; sync: all envs in-process (debug)."
+    )
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_format(cls, stages: list[str]) -> list[str]:
+        for stage in stages:
+            world, _, level = stage.partition("-")
+            if not (world and level.isdigit() and (world.isdigit() or world.isalpha())):
+                raise ValueError(f"stage {stage!r} is not of the form W-S (e.g. 1-1)")
+        if not stages:
+            raise ValueError("at least one stage is needed")
+        return stages
+
+
+class ModelConfig(Section):
+    backbone: str = Field("auto", description="nature, impala, or auto (chosen by device).")
+    hidden_size: int = Field(512, ge=8, description="Width of the layer after the backbone.")
+    impala_channels: list[int] = Field(
+        default_factory=lambda: [16, 32, 32], description="IMPALA-CNN channels per stage."
+    )
+    impala_blocks: int = Field(2, ge=0, description="Residual blocks per IMPALA stage.")
+    recurrent: str = Field("none", description="Recurrent core: none, gru, lstm, transformer.")
+    noisy: bool = Field(False, description="NoisyLinear actor and critic heads.")
+
+
+class AlgoConfig(Section):
+    algo: str = Field("ppo", description="Learning algorithm: ppo, a2c, impala.")
+    n_steps: int = Field(256, ge=1, description="Steps per env per rollout.")
+    learning_rate: float = Field(2.5e-4, gt=0, description="Peak learning rate (AdamW).")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="Learning-rate schedule after warmup."
+    )
+    lr_final_fraction: float = Field(
+        0.4, ge=0, le=1, description="cosine: final lr as a fraction of the peak."
+    )
+    warmup_fraction: float = Field(0.01, ge=0, le=1, description="Linear warmup share of training.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    ent_coef: float = Field(0.01, ge=0, description="Entropy bonus coefficient.")
+    vf_coef: float = Field(0.5, ge=0, description="Value loss coefficient.")
+    gamma: float = Field(0.9, gt=0, le=1, description="Discount factor.")
+    gae_lambda: float = Field(1.0, ge=0, le=1, description="GAE lambda.")
+    clip_range: float = Field(0.15, gt=0, description="PPO policy clip range.")
+    clip_range_vf: float | None = Field(None, description="PPO value clip range (None: off).")
+    normalize_advantage: bool = Field(False, description="Normalise advantages per minibatch.")
+    target_kl: float | None = Field(0.16, description="Stop the epochs above this KL (None: off).")
+    n_epochs: int = Field(4, ge=1, description="PPO epochs per rollout.")
+    batch_size: int = Field(256, ge=1, description="Minibatch size.")
+    grad_accum_steps: int = Field(1, ge=1, description="Minibatches per optimizer step.")
+    max_grad_norm: float = Field(0.5, gt=0, description="Gradient clipping norm.")
+
+
+class ReplayConfig(Section):
+    replay: str = Field("none", description="Replay strategy: none, uniform, prioritized.")
+    per: bool = Field(False, description="Shortcut for replay = prioritized.")
+    replay_capacity: int = Field(16384, ge=1, description="Transitions kept for replay.")
+    replay_batch_size: int = Field(256, ge=1, description="Samples per extra replay update.")
+    per_alpha: float = Field(0.6, ge=0, description="Priority exponent.")
+    per_beta: float = Field(0.4, ge=0, le=1, description="Initial importance exponent (to 1).")
+
+
+class TrainConfig(Section):
+    total_timesteps: int = Field(1_000_000, ge=1, description="Agent steps over all envs.")
+    seed: int = Field(0, description="Seeds torch, numpy and every env.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Compute device.")
+    amp: bool | None = Field(None, description="Mixed precision on CUDA (None: auto).")
+    compile: bool | None = Field(None, description="torch.compile the policy (None: auto).")
+    torch_threads: int = Field(0, ge=0, description="Learner threads (0: cores not used by envs).")
+    save_freq: int = Field(50_000, ge=1, description="Checkpoint every this many agent steps.")
+    keep_checkpoints: int = Field(3, ge=1, description="Rotated checkpoints kept besides best.")
+    run_name: str | None = Field(None, description="Run folder name (default: algo-stage-time).")
+    artifacts_dir: Path = Field(Path("artifacts"), description="Where runs, videos, studies go.")
+    init_model_path: Path | None = Field(None, description="Start from this checkpoint's weights.")
+    allow_partial_init: bool = Field(False, description="Load only tensors whose shapes match.")
+    wandb: bool = Field(False, description="Also log to Weights & Biases.")
+
+
+class UiConfig(Section):
+    ui: Literal["auto", "tui", "plain", "quiet"] = Field("auto", description="Training display.")
+    kl_warn: float = Field(0.05, description="approx_kl above this is a warning.")
+    kl_bad: float = Field(0.15, description="approx_kl above this is bad.")
+    entropy_warn: float = Field(0.3, description="Entropy (nats) below this is a warning.")
+    entropy_bad: float = Field(0.1, description="Entropy (nats) below this is bad.")
+    stall_iterations: int = Field(5, description="Iterations of ~zero updates before a hint.")
+    plateau_episodes: int = Field(50, description="Episodes at the same max x before a hint.")
+
+
+class TuneConfig(Section):
+    trials: int = Field(50, ge=1, description="Trials to run.")
+    timesteps_per_trial: int = Field(100_000, ge=1, description="Training budget of each trial.")
+    study_name: str = Field("mario", description="Optuna study name.")
+    storage: str | None = Field(None, description="Optuna storage URL (default: sqlite file).")
+    n_jobs: int = Field(1, ge=1, description="Parallel trials in this process.")
+    sampler: Literal["tpe", "random", "cmaes"] = Field("tpe", description="Optuna sampler.")
+    pruner: Literal["median", "hyperband", "none"] = Field("median", description="Optuna pruner.")
+    metric: Literal["avg_max_x_pos", "ep_rew_mean"] = Field(
+        "avg_max_x_pos", description="Maximised metric."
+    )
+    space: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Search space: config key -> distribution."
+    )
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "env": EnvConfig,
+    "model": ModelConfig,
+    "algo": AlgoConfig,
+    "replay": ReplayConfig,
+    "train": TrainConfig,
+    "ui": UiConfig,
+    "tune": TuneConfig,
+}
+
+
+class MarioConfig(BaseSettings):
+    """The whole resolved configuration, one section per concern."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    ui: UiConfig = Field(default_factory=UiConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-friendly dict keyed by section (unset values are None)."""
+        return self.model_dump(mode="json")
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base``; nested dicts merge, the rest replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a config file, or raise ConfigError naming the file and the fix."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; check the --config path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc}); fix the syntax") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def read_env_vars(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """The MARIO_* variables as a nested dict (``MARIO_ALGO__GAMMA`` -> algo.gamma)."""
+    environ = dict(os.environ if environ is None else environ)
+    unknown = []
+    for name in environ:
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split(ENV_NESTED_DELIMITER)
+        section = SECTIONS.get(parts[0])
+        if section is None or len(parts) != 2 or parts[1] not in section.model_fields:
+            unknown.append(name)
+    if unknown:
+        example = "MARIO_ALGO__LEARNING_RATE"
+        raise ConfigError(
+            f"unknown environment variable {unknown[0]}; use MARIO_<SECTION>__<KEY>, "
+            f"e.g. {example}, or unset it"
+        )
+    source = EnvSettingsSource(
+        MarioConfig,
+        case_sensitive=False,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        env_parse_none_str="none",
+    )
+    source.env_vars = {k.lower(): v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
+    return source()
+
+
+def find_config_file(explicit: Path | None) -> Path | None:
+    """The file layer: --config PATH if given, else ./mario.toml if it exists."""
+    if explicit is not None:
+        return explicit
+    local = Path.cwd() / DEFAULT_CONFIG_NAME
+    return local if local.is_file() else None
+
+
+def load_config(
+    config_path: Path | None = None,
+    cli_overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> MarioConfig:
+    """Resolve the config: defaults (or ``base``) < file < env vars < CLI flags."""
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if base is not None:
+        layers.append(("saved run config", base))
+    file_path = find_config_file(config_path)
+    if file_path is not None:
+        layers.append((str(file_path), read_toml(file_path)))
+    layers.append(("environment", read_env_vars(environ)))
+    layers.append(("flags", cli_overrides or {}))
+
+    merged: dict[str, Any] = {}
+    for _, layer in layers:
+        merged = deep_merge(merged, layer)
+    try:
+        return MarioConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe_error(exc, layers)) from None
+
+
+def _describe_error(exc: ValidationError, layers: list[tuple[str, dict[str, Any]]]) -> str:
+    """One line: the key, the value, where it came from and what is wrong."""
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc[:2]) if loc else "?"
+    origin = "defaults"
+    value: Any = error.get("input")
+    for name, layer in reversed(layers):
+        found, layer_value = _lookup(layer, loc[:2])
+        if found:
+            origin = name
+            value = layer_value
+            break
+    where = _origin_label(origin, loc)
+    if error["type"] == "extra_forbidden":
+        section = SECTIONS.get(loc[0]) if loc else None
+        if section is None:
+            choices = ", ".join(SECTIONS)
+            return f"{where}: unknown section [{loc[0]}]; sections are: {choices}"
+        choices = ", ".join(section.model_fields)
+        return f"{where}: unknown key {key!r}; keys of [{loc[0]}] are: {choices}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {key} = {value!r} is invalid: {message}"
+
+
+def _origin_label(origin: str, loc: list[str]) -> str:
+    if origin == "environment":
+        return "env var " + ENV_PREFIX + ENV_NESTED_DELIMITER.join(p.upper() for p in loc[:2])
+    if origin == "flags":
+        return "flag --" + (loc[-1] if len(loc) > 1 else loc[0]).replace("_", "-")
+    return origin
+
+
+def _lookup(layer: dict[str, Any], loc: list[str]) -> tuple[bool, Any]:
+    node: Any = layer
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def set_by_path(cfg: MarioConfig, dotted: str, value: Any) -> None:
+    """Assign ``section.key`` with validation (used by tune's search space)."""
+    section_name, _, key = dotted.partition(".")
+    section = getattr(cfg, section_name, None)
+    if not isinstance(section, Section) or key not in type(section).model_fields:
+        raise ConfigError(f"unknown config key {dotted!r}; use section.key, e.g. algo.gamma")
+    try:
+        setattr(section, key, value)
+    except ValidationError as exc:
+        raise ConfigError(f"{dotted} = {value!r} is invalid: {exc.errors()[0]['msg']}") from None
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Serialise a section-keyed dict to TOML (None, which TOML lacks, means unset)."""
+    return tomli_w.dumps(_drop_none(data))
+
+
+SECTION_TITLES = {
+    "env": "Environment: stage, actions, preprocessing, reward shaping, parallel envs",
+    "model": "Model: backbone, heads, recurrent core",
+    "algo": "Algorithm and optimisation",
+    "replay": "Replay strategies",
+    "train": "Training run: budget, device, checkpoints, output",
+    "ui": "Display and diagnostics thresholds",
+    "tune": "Hyperparameter search (mario tune)",
+}
+
+
+def commented_defaults() -> str:
+    """The built-in defaults as a TOML file with every key commented."""
+    defaults = MarioConfig().model_dump(mode="json")
+    lines = [
+        "# mario configuration. Precedence: CLI flag > MARIO_<SECTION>__<KEY> env var >",
+        "# this file (or --config PATH) > built-in defaults. Every value below is the default.",
+        "",
+    ]
+    for section, model in SECTIONS.items():
+        lines.append(f"# {SECTION_TITLES[section]}")
+        lines.append(f"[{section}]")
+        for key, field in model.model_fields.items():
+            value = defaults[section][key]
+            lines.append(f"# {field.description}")
+            if value is None:
+                lines.append(f"# {key} =  (not set)")
+            elif isinstance(value, dict) and not value:
+                lines.append(f"# [{section}.{key}] table, see the README")
+            elif isinstance(value, list):
+                lines.append(f"{key} = {json.dumps(value)}")
+            else:
+                lines.append(tomli_w.dumps({key: value}).strip())
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""The core Mario env: one NES emulator (or one per stage), discrete actions, small info.
+
+The emulator costs ~1.3 ms per frame here; gym-super-mario-bros builds a ~40-key
+info dict and a reward on every frame. Frame skip only needs those on the frame it
+returns, so ``skip_frame`` advances a frame with just the bookkeeping the game
+logic needs (death and cut-scene skipping, termination).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+from gym_super_mario_bros import SuperMarioBrosEnv
+from nes_py.nes_env import SCREEN_HEIGHT, SCREEN_WIDTH
+
+from mario_cli.envs.stages import StageSpec, action_bytes
+
+REWARD_LIMIT = 15.0  # gym-super-mario-bros clips each frame's reward to +-15.
+
+
+class MarioCore(gym.Env):
+    """A stage (or a random stage per episode) of Super Mario Bros as a Gymnasium env.
+
+    Observations are RGB ``(240, 256, 3)`` uint8, or grayscale ``(240, 256)`` after
+    ``use_grayscale()`` (nes-py converts natively, cheaper than cv2 on RGB).
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 60}
+
+    def __init__(
+        self,
+        specs: list[StageSpec],
+        movement: str = "simple",
+        env_reward: bool = True,
+        render_mode: str | None = None,
+    ) -> None:
+        if not specs:
+            raise ValueError("MarioCore needs at least one stage")
+        self.specs = specs
+        self.movement = movement
+        self.env_reward = env_reward
+        self.render_mode = render_mode
+        self._buttons = action_bytes(movement)
+        self.action_space = gym.spaces.Discrete(len(self._buttons))
+        self.grayscale = False
+        self.observation_space = gym.spaces.Box(
+            0, 255, (SCREEN_HEIGHT, SCREEN_WIDTH, 3), dtype=np.uint8
+        )
+        self._envs: dict[StageSpec, SuperMarioBrosEnv] = {}
+        self._spec = specs[0]
+        self._nes = self._emulator(self._spec)
+        self._max_x = 0
+        self._lean = all(
+            hasattr(self._nes, name)
+            for name in ("_get_reward", "_get_terminated", "_did_step", "_env")
+        )
+
+    def use_grayscale(self) -> None:
+        """Emit grayscale frames straight from the emulator."""
+        self.grayscale = True
+        self.observation_space = gym.spaces.Box(
+            0, 255, (SCREEN_HEIGHT, SCREEN_WIDTH), dtype=np.uint8
+        )
+
+    def _emulator(self, spec: StageSpec) -> SuperMarioBrosEnv:
+        # Emulators are created lazily: a random-stage env builds only the stages it visits.
+        if spec not in self._envs:
+            self._envs[spec] = SuperMarioBrosEnv(lost_levels=spec.lost_levels, target=spec.target)
+        return self._envs[spec]
+
+    @property
+    def stage(self) -> str:
+        return self._spec.label
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        if len(self.specs) > 1:
+            self._spec = self.specs[int(self.np_random.integers(len(self.specs)))]
+            self._nes = self._emulator(self._spec)
+        self._nes.reset()
+        self._max_x = 0
+        info = self.current_info()
+        return self.observe(), info
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """One NES frame through the env's public step (full reward and info)."""
+        _, reward, terminated, truncated, nes_info = self._nes.step(self._buttons[action])
+        info = self._small_info(nes_info)
+        return self.observe(), float(reward), terminated, truncated, info
+
+    def skip_frame(self, action: int) -> tuple[float, bool]:
+        """Advance one frame without building the observation or the info dict.
+
+        Returns the frame's env reward (0.0 when ``env_reward`` is off) and whether
+        the episode ended.
+        """
+        if not self._lean:
+            _, reward, terminated, truncated, _ = self._nes.step(self._buttons[action])
+            return float(reward), terminated or truncated
+        nes = self._nes
+        nes._env.frame_advance(self._buttons[action])
+        reward = nes._get_reward() if self.env_reward else 0.0
+        done = bool(nes._get_terminated())
+        nes.done = done
+        nes._did_step(done)
+        return float(np.clip(reward, -REWARD_LIMIT, REWARD_LIMIT)), done
+
+    def observe(self, out: np.ndarray | None = None) -> np.ndarray:
+        """A copy of the current screen, grayscale if ``use_grayscale()`` was called."""
+        mode = "grayscale" if self.grayscale else "rgb_array_contiguous"
+        return self._nes.observation(mode, out)
+
+    def current_info(self) -> dict[str, Any]:
+        nes = self._nes
+        return self._with_max(
+            {
+                "x_pos": nes._x_position,
+                "flag_get": bool(nes._flag_get),
+                "life": nes._life,
+                "world": nes._world,
+                "stage": nes._stage,
+                "score": nes._score,
+                "time": nes._time,
+            }
+        )
+
+    def _small_info(self, nes_info: dict[str, Any]) -> dict[str, Any]:
+        return self._with_max(
+            {
+                "x_pos": nes_info["x_pos"],
+                "flag_get": bool(nes_info["flag_get"]),
+                "life": nes_info["life"],
+                "world": nes_info["world"],
+                "stage": nes_info["stage"],
+                "score": nes_info["score"],
+                "time": nes_info["time"],
+            }
+        )
+
+    def _with_max(self, info: dict[str, Any]) -> dict[str, Any]:
+        self._max_x = max(self._max_x, info["x_pos"])
+        info["max_x_pos"] = self._max_x
+        info["stage_name"] = self._spec.label
+        return info
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode == "rgb_array":
+            return self._nes.observation("rgb_array_contiguous")
+        return None
+
+    def close(self) -> None:
+        for env in self._envs.values():
+            env.close()
+        self._envs.clear()

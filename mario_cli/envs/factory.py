@@ -1,0 +1,63 @@
+"""Build one env from the config: the core Mario env plus the registered wrappers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+
+from mario_cli.config import EnvConfig
+from mario_cli.envs.core import MarioCore
+from mario_cli.envs.stages import StageSpec, parse_env_id, stage_spec
+
+
+class EpisodeStats(gym.Wrapper):
+    """Adds ``info["episode"]`` (return, length, max_x_pos, cleared, stage) at episode end."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self._return = 0.0
+        self._length = 0
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        self._return = 0.0
+        self._length = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._return += reward
+        self._length += 1
+        if terminated or truncated:
+            info["episode"] = {
+                "return": self._return,
+                "length": self._length,
+                "max_x_pos": int(info["max_x_pos"]),
+                "cleared": bool(info["flag_get"]),
+                "stage": info["stage_name"],
+            }
+        return obs, reward, terminated, truncated, info
+
+
+def stage_specs(cfg: EnvConfig) -> list[StageSpec]:
+    """The stage of ``env_id``, or the ``stages`` list when ``random_stage`` is on."""
+    main = parse_env_id(cfg.env_id)
+    if not cfg.random_stage:
+        return [main]
+    return [stage_spec(stage, main.lost_levels) for stage in cfg.stages]
+
+
+def make_env(cfg: EnvConfig, seed: int | None = None, render_mode: str | None = None) -> gym.Env:
+    """The full pipeline for one env, reset once with ``seed`` if given."""
+    from mario_cli.plugins import get_host
+
+    wrappers = get_host()["wrappers"]
+    factories = [wrappers.get(name) for name in cfg.wrappers]  # unknown names fail first
+    env_reward = cfg.reward_mode in ("raw", "clip", "score")
+    env: gym.Env = MarioCore(stage_specs(cfg), cfg.movement, env_reward, render_mode)
+    for factory in factories:
+        env = factory(env, cfg)
+    env = EpisodeStats(env)
+    if seed is not None:
+        env.action_space.seed(seed)
+    return env

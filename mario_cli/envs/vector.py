@@ -1,0 +1,290 @@
+"""N Mario envs stepped as one batch, in worker processes or in-process.
+
+Each worker process hosts several envs (so 8 or 16 envs run well on 2 cores) and
+writes observations straight into one shared-memory array; only rewards, flags and
+small info dicts travel through the pipes. Episodes reset automatically in the same
+step: the returned observation is the new episode's first, and the finished
+episode's last observation is in ``info["final_obs"]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+from typing import Any
+
+import numpy as np
+
+from mario_cli.config import EnvConfig
+from mario_cli.errors import EnvWorkerError
+
+# How long to wait on a worker before checking that its process is still alive.
+_POLL_SECONDS = 1.0
+# A worker that builds its envs slower than this is considered hung.
+_START_TIMEOUT_SECONDS = 300.0
+
+
+class EnvGroup:
+    """Several envs stepped one after another; the body of a worker and of sync mode."""
+
+    def __init__(self, cfg: EnvConfig, indices: list[int], seed: int | None) -> None:
+        from mario_cli.envs.factory import make_env
+
+        self.indices = indices
+        self.seed = seed
+        self.envs = [make_env(cfg) for _ in indices]
+
+    @property
+    def spaces(self) -> tuple[Any, Any]:
+        return self.envs[0].observation_space, self.envs[0].action_space
+
+    def reset(self, out: np.ndarray, seed: int | None) -> list[dict[str, Any]]:
+        infos = []
+        for index, env in zip(self.indices, self.envs, strict=True):
+            env_seed = None if seed is None else seed + index
+            if env_seed is not None:
+                env.action_space.seed(env_seed)
+            obs, info = env.reset(seed=env_seed)
+            out[index] = obs
+            infos.append(info)
+        return infos
+
+    def step(self, actions: np.ndarray, out: np.ndarray) -> tuple[list[Any], ...]:
+        rewards, terminated, truncated, infos = [], [], [], []
+        for index, env in zip(self.indices, self.envs, strict=True):
+            try:
+                obs, reward, term, trunc, info = env.step(int(actions[index]))
+            except Exception as exc:
+                raise _EnvStepError(index, exc) from exc
+            if term or trunc:
+                info["final_obs"] = obs
+                obs, _ = env.reset()
+            out[index] = obs
+            rewards.append(reward)
+            terminated.append(term)
+            truncated.append(trunc)
+            infos.append(info)
+        return rewards, terminated, truncated, infos
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class _EnvStepError(Exception):
+    def __init__(self, index: int, exc: Exception) -> None:
+        super().__init__(f"{type(exc).__name__}: {exc}")
+        self.index = index
+
+
+def _worker_main(
+    conn: Connection, cfg: EnvConfig, indices: list[int], seed: int | None, n_envs: int
+) -> None:
+    # Env workers do no linear algebra: one thread each, so they don't fight the learner.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    shm = None
+    group = None
+    try:
+        group = EnvGroup(cfg, indices, seed)
+        conn.send(("ready", group.spaces))
+        command, shm_name = conn.recv()
+        shm = SharedMemory(name=shm_name)
+        obs_space = group.spaces[0]
+        out = np.ndarray((n_envs, *obs_space.shape), dtype=obs_space.dtype, buffer=shm.buf)
+        while True:
+            command, data = conn.recv()
+            if command == "step":
+                conn.send(("ok", group.step(data, out)))
+            elif command == "reset":
+                conn.send(("ok", group.reset(out, data)))
+            elif command == "close":
+                conn.send(("ok", None))
+                break
+    except KeyboardInterrupt:
+        pass  # the parent handles Ctrl-C and closes us
+    except _EnvStepError as exc:
+        _send_quietly(conn, ("error", (exc.index, str(exc))))
+    except Exception as exc:
+        detail = f"{type(exc).__name__}: {exc}"
+        _send_quietly(conn, ("error", (indices[0], detail + "\n" + traceback.format_exc())))
+    finally:
+        if group is not None:
+            group.close()
+        if shm is not None:
+            shm.close()
+
+
+def _send_quietly(conn: Connection, message: Any) -> None:
+    with contextlib.suppress(BrokenPipeError, OSError):
+        conn.send(message)
+
+
+def default_worker_count(n_envs: int) -> int:
+    return max(1, min(n_envs, os.cpu_count() or 1))
+
+
+class VectorEnv:
+    """``n_envs`` copies of the configured env, batched.
+
+    ``mode="process"`` spreads the envs over ``n_workers`` processes (0: one per
+    core); ``mode="sync"`` steps them in this process, for debugging. Both give the
+    same results for the same seed and actions.
+    """
+
+    def __init__(
+        self,
+        cfg: EnvConfig,
+        n_envs: int | None = None,
+        seed: int | None = None,
+        mode: str | None = None,
+        n_workers: int | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.num_envs = n_envs or cfg.n_envs
+        self.seed = seed
+        self.mode = mode or cfg.vector_mode
+        self.env_id = cfg.env_id
+        self._closed = False
+        self._group: EnvGroup | None = None
+        self._workers: list[tuple[mp.process.BaseProcess, Connection, list[int]]] = []
+        self._shm: SharedMemory | None = None
+        if self.mode == "sync":
+            self._group = EnvGroup(cfg, list(range(self.num_envs)), seed)
+            self.single_observation_space, self.single_action_space = self._group.spaces
+            self._obs = np.zeros(
+                (self.num_envs, *self.single_observation_space.shape), dtype=np.uint8
+            )
+        else:
+            workers = n_workers if n_workers else (cfg.n_workers or None)
+            self._start_workers(min(workers or default_worker_count(self.num_envs), self.num_envs))
+        self._needs_reset = True
+
+    @property
+    def n_workers(self) -> int:
+        return len(self._workers) if self._workers else 0
+
+    def _start_workers(self, n_workers: int) -> None:
+        methods = mp.get_all_start_methods()
+        # Never plain fork: the TUI and the learner run threads in this process.
+        ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+        chunks = np.array_split(np.arange(self.num_envs), n_workers)
+        try:
+            for chunk in chunks:
+                parent, child = ctx.Pipe()
+                indices = [int(i) for i in chunk]
+                proc = ctx.Process(
+                    target=_worker_main,
+                    args=(child, self.cfg, indices, self.seed, self.num_envs),
+                    daemon=True,
+                )
+                proc.start()
+                child.close()
+                self._workers.append((proc, parent, indices))
+            spaces = [self._receive(w, timeout=_START_TIMEOUT_SECONDS) for w in range(n_workers)]
+            self.single_observation_space, self.single_action_space = spaces[0]
+            obs_space = self.single_observation_space
+            nbytes = int(np.prod(obs_space.shape)) * self.num_envs
+            self._shm = SharedMemory(create=True, size=max(1, nbytes))
+            self._obs = np.ndarray(
+                (self.num_envs, *obs_space.shape), dtype=np.uint8, buffer=self._shm.buf
+            )
+            for _, conn, _ in self._workers:
+                conn.send(("attach", self._shm.name))
+        except BaseException:
+            self.close(force=True)
+            raise
+
+    def _receive(self, worker: int, timeout: float | None = None) -> Any:
+        proc, conn, _indices = self._workers[worker]
+        waited = 0.0
+        while not conn.poll(_POLL_SECONDS):
+            waited += _POLL_SECONDS
+            if not proc.is_alive():
+                self._raise_worker_error(worker, f"exited with code {proc.exitcode}")
+            if timeout is not None and waited >= timeout:
+                self._raise_worker_error(worker, f"did not answer within {timeout:.0f}s")
+        try:
+            status, payload = conn.recv()
+        except (EOFError, OSError):
+            proc.join(1.0)
+            self._raise_worker_error(worker, f"exited with code {proc.exitcode}")
+        if status == "error":
+            index, detail = payload
+            self._raise_worker_error(worker, detail, index)
+        return payload
+
+    def _raise_worker_error(self, worker: int, detail: str, index: int | None = None) -> None:
+        indices = self._workers[worker][2]
+        which = f"env {index}" if index is not None else f"envs {indices[0]}-{indices[-1]}"
+        first_line = detail.strip().splitlines()[0] if detail.strip() else "no detail"
+        self.close(force=True)
+        raise EnvWorkerError(
+            f"env worker {worker} ({which}, {self.env_id}) failed: {first_line}; "
+            "rerun with --vector-mode sync --debug to see the traceback"
+        )
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        seed = self.seed if seed is None and self._needs_reset else seed
+        self._needs_reset = False
+        if self._group is not None:
+            infos = self._group.reset(self._obs, seed)
+        else:
+            for _, conn, _ in self._workers:
+                conn.send(("reset", seed))
+            infos = [info for w in range(len(self._workers)) for info in self._receive(w)]
+        return self._obs.copy(), infos
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        actions = np.asarray(actions)
+        if self._group is not None:
+            results = [self._group.step(actions, self._obs)]
+        else:
+            for _, conn, _ in self._workers:
+                conn.send(("step", actions))
+            results = [self._receive(w) for w in range(len(self._workers))]
+        rewards = np.array([r for res in results for r in res[0]], dtype=np.float32)
+        terminated = np.array([t for res in results for t in res[1]], dtype=bool)
+        truncated = np.array([t for res in results for t in res[2]], dtype=bool)
+        infos = [info for res in results for info in res[3]]
+        return self._obs.copy(), rewards, terminated, truncated, infos
+
+    def close(self, force: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._group is not None:
+            self._group.close()
+        for proc, conn, _ in self._workers:
+            if not force and proc.is_alive():
+                try:
+                    conn.send(("close", None))
+                    if conn.poll(5.0):
+                        conn.recv()
+                except (BrokenPipeError, EOFError, OSError):
+                    pass
+            proc.join(timeout=0 if force else 5.0)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=2.0)
+            conn.close()
+        if self._shm is not None:
+            self._shm.close()
+            self._shm.unlink()
+            self._shm = None
+
+    def __enter__(self) -> VectorEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close(force=True)

@@ -1,0 +1,79 @@
+"""The plugin contract.
+
+Every hook receives a ``register`` callable from the host; the host owns names,
+duplicates and the error for an unknown name. Built-in plugins use exactly these
+hooks, loaded through the ``mario`` entry-point group like a third-party plugin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+PROJECT = "mario"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_wrappers(register: Any) -> None:
+    """Register env wrappers.
+
+    Called once when the plugin manager loads. Call
+    ``register(name, factory)`` where ``factory(env, cfg: EnvConfig) -> env``
+    wraps a Gymnasium env. ``env.wrappers`` in the config lists, in order, the
+    names applied on top of the core Mario env.
+    """
+
+
+@hookspec
+def register_backbones(register: Any) -> None:
+    """Register feature extractors.
+
+    Call ``register(name, factory)`` where
+    ``factory(obs_shape: tuple[int, ...], cfg: ModelConfig) -> nn.Module``
+    returns a module with an ``out_features: int`` attribute that maps a uint8
+    observation batch ``(B, *obs_shape)`` to float features ``(B, out_features)``.
+    """
+
+
+@hookspec
+def register_recurrent_cores(register: Any) -> None:
+    """Register recurrent cores (none, gru, lstm, transformer).
+
+    Call ``register(name, factory)`` where ``factory(in_features: int, cfg:
+    ModelConfig) -> nn.Module``.
+    """
+
+
+@hookspec
+def register_algorithms(register: Any) -> None:
+    """Register learning algorithms (ppo, a2c, impala).
+
+    Call ``register(name, factory)`` where ``factory(policy, cfg: MarioConfig)``
+    returns an object with ``update(batch) -> dict[str, float]``.
+    """
+
+
+@hookspec
+def register_replay(register: Any) -> None:
+    """Register replay strategies (uniform, prioritized).
+
+    Call ``register(name, factory)`` where ``factory(cfg: ReplayConfig)``
+    returns a replay strategy.
+    """
+
+
+@hookspec
+def register_hints(register: Any) -> None:
+    """Register stuck-agent diagnostic rules.
+
+    Call ``register(name, rule)`` where ``rule(history, cfg) -> list[Hint]``
+    looks at the metric history and returns zero or more hints.
+    """
+
+
+@hookspec
+def register_commands(app: Any) -> None:
+    """Add extra Typer commands to the ``mario`` app (``app.command()(fn)``)."""

@@ -1,0 +1,153 @@
+"""The plugin manager and the registries the hooks fill.
+
+Built-in plugins are ordinary distributions' entry points in the ``mario`` group,
+so they load exactly as a third-party plugin does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from mario_cli import hookspecs
+from mario_cli.errors import ConfigError, UnknownComponentError
+
+# Registry kind -> the hook that fills it.
+KINDS: dict[str, str] = {
+    "wrappers": "register_wrappers",
+    "backbones": "register_backbones",
+    "recurrent_cores": "register_recurrent_cores",
+    "algorithms": "register_algorithms",
+    "replay": "register_replay",
+    "hints": "register_hints",
+}
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    plugin: str
+    factory: Any
+
+
+class Registry:
+    """Named components of one kind. Duplicate names are refused."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, Component] = {}
+
+    def register(self, name: str, factory: Any, plugin: str) -> None:
+        if not name or not isinstance(name, str):
+            raise ConfigError(f"plugin {plugin} registered a {self.kind} entry with no name")
+        if name in self._items:
+            other = self._items[name].plugin
+            raise ConfigError(
+                f"{self.kind} {name!r} is registered twice (by {other} and {plugin}); "
+                "uninstall or rename one of them"
+            )
+        self._items[name] = Component(name, plugin, factory)
+
+    def get(self, name: str) -> Any:
+        """The factory registered under ``name``, or an error listing the choices."""
+        try:
+            return self._items[name].factory
+        except KeyError:
+            choices = ", ".join(sorted(self._items)) or "none registered"
+            raise UnknownComponentError(
+                f"unknown {self.kind.rstrip('s')} {name!r}; choose one of: {choices}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[Component]:
+        return iter(sorted(self._items.values(), key=lambda c: c.name))
+
+
+class PluginHost:
+    """Loads plugins and exposes one registry per component kind."""
+
+    def __init__(self, load_entrypoints: bool = True, extra_plugins: list[Any] = ()) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        if load_entrypoints:
+            self.pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+        for plugin in extra_plugins:
+            self.pm.register(plugin)
+        self.pm.check_pending()
+        self.registries = {kind: Registry(kind) for kind in KINDS}
+        for kind, hook_name in KINDS.items():
+            self._fill(self.registries[kind], getattr(self.pm.hook, hook_name))
+
+    def _fill(self, registry: Registry, hook: pluggy.HookCaller) -> None:
+        for impl in hook.get_hookimpls():
+            plugin = self.plugin_name(impl.plugin)
+
+            def register(name: str, factory: Any, _plugin: str = plugin) -> None:
+                registry.register(name, factory, _plugin)
+
+            impl.function(register=register)
+
+    def plugin_name(self, plugin: object) -> str:
+        name = self.pm.get_name(plugin) or getattr(plugin, "__name__", repr(plugin))
+        for dist_plugin, dist in self.pm.list_plugin_distinfo():
+            if dist_plugin is plugin:
+                return f"{dist.project_name}:{name}"
+        return name
+
+    def register_commands(self, app: Any) -> None:
+        self.pm.hook.register_commands(app=app)
+
+    def __getitem__(self, kind: str) -> Registry:
+        return self.registries[kind]
+
+    def command_plugins(self) -> list[Component]:
+        """Commands added by plugins through ``register_commands``."""
+        found = []
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            collector = _CommandCollector()
+            impl.function(app=collector)
+            plugin = self.plugin_name(impl.plugin)
+            found.extend(Component(name, plugin, fn) for name, fn in collector.commands)
+        return sorted(found, key=lambda c: c.name)
+
+
+class _CommandCollector:
+    """Stands in for the Typer app to list the commands a plugin adds."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, Callable[..., Any]]] = []
+
+    def command(self, name: str | None = None, **_: Any) -> Callable[..., Any]:
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.commands.append((name or fn.__name__.replace("_", "-"), fn))
+            return fn
+
+        return decorator
+
+    def add_typer(self, typer_app: Any, name: str | None = None, **_: Any) -> None:
+        self.commands.append((name or getattr(typer_app.info, "name", "group"), typer_app))
+
+
+_HOST: PluginHost | None = None
+
+
+def get_host() -> PluginHost:
+    """The process-wide plugin host, loaded on first use."""
+    global _HOST
+    if _HOST is None:
+        _HOST = PluginHost()
+    return _HOST
+
+
+def set_host(host: PluginHost | None) -> None:
+    """Replace the process-wide host (tests register inline plugins this way)."""
+    global _HOST
+    _HOST = host

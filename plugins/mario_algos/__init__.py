@@ -1,0 +1,1 @@
+"""Built-in learning algorithms and their return estimators."""

@@ -1,0 +1,237 @@
+"""Backbones and the actor-critic policy."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from mario_models import register_backbones
+from mario_models.backbones import ImpalaCNN, NatureCNN, choose_auto_backbone
+from mario_models.policy import ActorCritic, PolicyOutput
+
+OBS_SHAPE = (4, 84, 84)
+
+
+def _cfg(backbone: str, **overrides: Any) -> SimpleNamespace:
+    fields = {
+        "backbone": backbone,
+        "hidden_size": 64,
+        "impala_channels": [16, 32, 32],
+        "impala_blocks": 2,
+    }
+    fields.update(overrides)
+    return SimpleNamespace(**fields)
+
+
+def _factories() -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    register_backbones(register=lambda name, factory: found.__setitem__(name, factory))
+    return found
+
+
+def _obs(batch: int = 2, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, *OBS_SHAPE), dtype=torch.uint8, generator=gen)
+
+
+def test_plugin_registers_both_backbones() -> None:
+    factories = _factories()
+    assert set(factories) == {"nature", "impala"}
+    assert isinstance(factories["nature"](OBS_SHAPE, _cfg("nature")), NatureCNN)
+    assert isinstance(factories["impala"](OBS_SHAPE, _cfg("impala")), ImpalaCNN)
+
+
+@pytest.mark.parametrize("name", ["nature", "impala"])
+def test_backbone_maps_uint8_batch_to_features(name: str) -> None:
+    torch.manual_seed(0)
+    net = _factories()[name](OBS_SHAPE, _cfg(name, hidden_size=48))
+    assert net.out_features == 48
+    feats = net(_obs())
+    assert feats.shape == (2, 48)
+    assert feats.dtype == torch.float32
+    assert torch.isfinite(feats).all()
+    assert (feats >= 0).all()  # final ReLU
+    assert feats.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["nature", "impala"])
+def test_backbone_scales_by_255(name: str) -> None:
+    torch.manual_seed(0)
+    net = _factories()[name](OBS_SHAPE, _cfg(name))
+    obs = _obs()
+    torch.testing.assert_close(net(obs), net.fc(net.convs(obs.float() / 255.0)))
+
+
+def test_nature_layer_shapes() -> None:
+    net = NatureCNN(OBS_SHAPE, hidden_size=512)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (32, (8, 8), (4, 4)),
+        (64, (4, 4), (2, 2)),
+        (64, (3, 3), (1, 1)),
+    ]
+    assert net.fc[0].in_features == 64 * 7 * 7
+
+
+def test_impala_honours_channels_and_blocks() -> None:
+    cfg = _cfg("impala", hidden_size=32, impala_channels=[8, 16], impala_blocks=1)
+    net = _factories()["impala"](OBS_SHAPE, cfg)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    # Per stage: one entry conv and two convs per residual block.
+    assert len(convs) == 2 * (1 + 2 * 1)
+    assert [c.out_channels for c in convs] == [8, 8, 8, 16, 16, 16]
+    # 84 -> 42 -> 21 after two stride-2 pools.
+    assert net.fc[0].in_features == 16 * 21 * 21
+
+    def conv_params(c_in: int, c_out: int) -> int:
+        return c_in * c_out * 9 + c_out
+
+    expected = (
+        conv_params(4, 8)
+        + 2 * conv_params(8, 8)
+        + conv_params(8, 16)
+        + 2 * conv_params(16, 16)
+        + (16 * 21 * 21 + 1) * 32
+    )
+    assert sum(p.numel() for p in net.parameters()) == expected
+
+    default = ImpalaCNN(OBS_SHAPE, hidden_size=32)
+    n_default = sum(isinstance(m, nn.Conv2d) for m in default.modules())
+    assert n_default == 3 * (1 + 2 * 2)
+    assert default.fc[0].in_features == 32 * 11 * 11
+
+
+def test_orthogonal_init_and_zero_bias() -> None:
+    net = NatureCNN(OBS_SHAPE, hidden_size=64)
+    w = net.fc[0].weight  # (64, 3136): rows orthonormal, scaled by sqrt(2)
+    torch.testing.assert_close(w @ w.T, 2.0 * torch.eye(64), atol=1e-4, rtol=1e-4)
+    conv = net.convs[0].weight.flatten(1)  # (32, 256)
+    torch.testing.assert_close(conv @ conv.T, 2.0 * torch.eye(32), atol=1e-4, rtol=1e-4)
+    assert all((m.bias == 0).all() for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear))
+
+
+def test_impala_feature_scale_stays_moderate() -> None:
+    # Guards the small residual-branch gain: plain sqrt(2) everywhere gave std 7-50.
+    for seed in range(3):
+        torch.manual_seed(seed)
+        feats = ImpalaCNN(OBS_SHAPE, hidden_size=256)(_obs(4, seed))
+        assert 0.05 < feats.std().item() < 3.0
+
+
+def test_choose_auto_backbone() -> None:
+    assert choose_auto_backbone("cpu") == "nature"
+    assert choose_auto_backbone("mps") == "nature"
+    assert choose_auto_backbone("cuda") == "impala"
+
+
+def _policy(name: str, n_actions: int = 7) -> ActorCritic:
+    torch.manual_seed(0)
+    return ActorCritic(_factories()[name](OBS_SHAPE, _cfg(name, hidden_size=32)), n_actions)
+
+
+def test_forward_output_shapes_and_head_init() -> None:
+    policy = _policy("nature")
+    out = policy(_obs(3))
+    assert isinstance(out, PolicyOutput)
+    assert out.logits.shape == (3, 7)
+    assert out.value.shape == (3,)
+    assert out.features.shape == (3, 32)
+    assert out.state is None
+    assert policy(_obs(3), state="ignored").state is None
+    # Actor gain 0.01 gives an almost uniform initial policy.
+    assert out.logits.abs().max() < 0.1
+    actor_w = policy.actor.weight
+    torch.testing.assert_close(actor_w @ actor_w.T, 1e-4 * torch.eye(7), atol=1e-7, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["nature", "impala"])
+def test_act_samples_valid_actions(name: str) -> None:
+    policy = _policy(name)
+    obs = _obs(4)
+    with torch.no_grad():
+        actions, log_probs, values, state = policy.act(obs)
+        out = policy(obs)
+    assert actions.shape == (4,) and actions.dtype == torch.int64
+    assert ((actions >= 0) & (actions < 7)).all()
+    assert (log_probs <= 0).all()
+    assert values.shape == (4,)
+    assert state is None
+    expected = torch.log_softmax(out.logits, -1).gather(1, actions[:, None]).squeeze(1)
+    torch.testing.assert_close(log_probs, expected)
+    torch.testing.assert_close(values, out.value)
+
+
+def test_deterministic_act_is_argmax() -> None:
+    policy = _policy("nature", n_actions=5)
+    with torch.no_grad():
+        policy.actor.bias.copy_(torch.tensor([0.0, 0.0, 3.0, 0.0, 1.0]))
+        obs = _obs(6)
+        actions, log_probs, _, _ = policy.act(obs, deterministic=True)
+        logits = policy(obs).logits
+    torch.testing.assert_close(actions, logits.argmax(-1))
+    assert (actions == 2).all()
+    torch.testing.assert_close(log_probs, torch.log_softmax(logits, -1).max(-1).values)
+
+
+@pytest.mark.parametrize("name", ["nature", "impala"])
+def test_evaluate_actions(name: str) -> None:
+    n_actions = 7
+    policy = _policy(name, n_actions)
+    obs = _obs(4)
+    actions = torch.tensor([0, 3, 6, 1])
+    log_probs, entropy, values = policy.evaluate_actions(obs, actions)
+    assert log_probs.shape == entropy.shape == values.shape == (4,)
+    assert (entropy > 0).all() and (entropy <= math.log(n_actions) + 1e-6).all()
+    # Near-uniform at init, so entropy is close to the maximum.
+    assert (entropy > math.log(n_actions) - 0.01).all()
+    logits = policy(obs).logits
+    torch.testing.assert_close(log_probs, torch.log_softmax(logits, -1)[torch.arange(4), actions])
+    assert log_probs.requires_grad and values.requires_grad
+
+
+def test_core_slot_is_called_with_features_state_done() -> None:
+    class AddCore(nn.Module):
+        out_features = 32
+
+        def forward(self, features, state, done):
+            self.seen = (features.shape, state, done)
+            return features + 1.0, (0 if state is None else state) + 1
+
+    core = AddCore()
+    torch.manual_seed(0)
+    policy = ActorCritic(NatureCNN(OBS_SHAPE, 32), 4, core=core)
+    done = torch.zeros(2)
+    out = policy(_obs(), state=None, done=done)
+    assert core.seen[0] == (2, 32) and core.seen[1] is None and core.seen[2] is done
+    assert out.state == 1
+    assert policy(_obs(), state=out.state).state == 2
+    torch.testing.assert_close(out.features, policy.backbone(_obs()) + 1.0)
+
+
+@pytest.mark.parametrize("name", ["nature", "impala"])
+def test_adam_step_changes_parameters(name: str) -> None:
+    policy = _policy(name, n_actions=5)
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-4, eps=1e-5)
+    before = {k: v.detach().clone() for k, v in policy.named_parameters()}
+    obs = _obs(4)
+    actions = torch.tensor([0, 1, 2, 3])
+    log_probs, entropy, values = policy.evaluate_actions(obs, actions)
+    value_target = values.detach() + 5.0
+    advantages = torch.tensor([1.0, -1.0, 0.5, 2.0])
+    loss = -(log_probs * advantages).mean()
+    loss = loss + (values - value_target).pow(2).mean() - 0.01 * entropy.mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    changed = {k for k, v in policy.named_parameters() if not torch.equal(v, before[k])}
+    assert changed == set(before)
+    with torch.no_grad():
+        new_log_probs, _, new_values = policy.evaluate_actions(obs, actions)
+    # The step moves values towards the target and favours the positive-advantage action.
+    assert (new_values - values).mean() > 0
+    assert (new_log_probs - log_probs)[3] > 0
