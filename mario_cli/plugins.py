@@ -77,11 +77,21 @@ class PluginHost:
     def __init__(self, load_entrypoints: bool = True, extra_plugins: list[Any] = ()) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        if load_entrypoints:
-            self.pm.load_setuptools_entrypoints(hookspecs.PROJECT)
-        for plugin in extra_plugins:
-            self.pm.register(plugin)
-        self.pm.check_pending()
+        try:
+            if load_entrypoints:
+                self.pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+            for plugin in extra_plugins:
+                self.pm.register(plugin, name=_object_name(plugin))
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise ConfigError(
+                f"plugin {exc.plugin!r} does not fit the mario hooks ({exc}); "
+                "fix its hook names (see `mario plugins`) or uninstall it"
+            ) from None
+        except ImportError as exc:
+            raise ConfigError(
+                f"a mario plugin failed to import ({exc}); reinstall or uninstall it"
+            ) from None
         self.registries = {kind: Registry(kind) for kind in KINDS}
         for kind, hook_name in KINDS.items():
             self._fill(self.registries[kind], getattr(self.pm.hook, hook_name))
@@ -134,6 +144,14 @@ class _CommandCollector:
 
     def add_typer(self, typer_app: Any, name: str | None = None, **_: Any) -> None:
         self.commands.append((name or getattr(typer_app.info, "name", "group"), typer_app))
+
+
+def _object_name(plugin: object) -> str:
+    """A readable name for a plugin given as a module, a class or an instance."""
+    if isinstance(plugin, type) or hasattr(plugin, "__file__"):
+        return getattr(plugin, "__name__", repr(plugin))
+    cls = type(plugin)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 _HOST: PluginHost | None = None

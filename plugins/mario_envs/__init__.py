@@ -1,18 +1,50 @@
-"""Built-in env wrappers, registered through the public ``register_wrappers`` hook."""
+"""Built-in env wrappers, registered through the public ``register_wrappers`` hook.
+
+Factories import the wrapper modules (cv2, gymnasium, the emulator) only when an
+env is built, so commands that only read the config start fast.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from mario_cli.hookspecs import hookimpl
-from mario_envs.rewards import MarioReward
-from mario_envs.wrappers import FrameSkip, FrameStack, GrayScale, Resize
+
+
+def frame_skip(env: Any, cfg: Any) -> Any:
+    from mario_envs.wrappers import FrameSkip
+
+    return FrameSkip(env, cfg.frame_skip)
+
+
+def grayscale(env: Any, cfg: Any) -> Any:
+    from mario_envs.wrappers import GrayScale
+
+    return GrayScale(env)
+
+
+def resize(env: Any, cfg: Any) -> Any:
+    from mario_envs.wrappers import Resize
+
+    return Resize(env, cfg.obs_size, cfg.crop_top)
+
+
+def reward(env: Any, cfg: Any) -> Any:
+    from mario_envs.rewards import MarioReward
+
+    return MarioReward(env, cfg)
+
+
+def frame_stack(env: Any, cfg: Any) -> Any:
+    from mario_envs.wrappers import FrameStack
+
+    return FrameStack(env, cfg.frame_stack)
 
 
 @hookimpl
 def register_wrappers(register: Any) -> None:
-    register("frame_skip", lambda env, cfg: FrameSkip(env, cfg.frame_skip))
-    register("grayscale", lambda env, cfg: GrayScale(env))
-    register("resize", lambda env, cfg: Resize(env, cfg.obs_size, cfg.crop_top))
-    register("reward", lambda env, cfg: MarioReward(env, cfg))
-    register("frame_stack", lambda env, cfg: FrameStack(env, cfg.frame_stack))
+    register("frame_skip", frame_skip)
+    register("grayscale", grayscale)
+    register("resize", resize)
+    register("reward", reward)
+    register("frame_stack", frame_stack)

@@ -1,0 +1,1 @@
+"""Training utilities: checkpoints, learning-rate schedules, device and RNG handling."""

@@ -1,0 +1,43 @@
+"""``mario bench env --json`` measures the real emulator and reports every field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_mario
+
+FIELDS = {
+    "raw_fps",
+    "single_env_sps",
+    "vector_env_sps",
+    "n_envs",
+    "frame_skip",
+    "efficiency",
+    "scaling",
+}
+
+
+def test_bench_env_json_fields_are_consistent() -> None:
+    result = run_mario("bench", "env", "--json", "--steps", "40", "--n-envs", "2")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert set(data) >= FIELDS
+    assert data["n_envs"] == 2 and data["frame_skip"] == 4
+    assert data["raw_fps"] > 0 and data["single_env_sps"] > 0 and data["vector_env_sps"] > 0
+    ceiling = data["raw_fps"] / data["frame_skip"]
+    assert data["efficiency"] == pytest.approx(data["single_env_sps"] / ceiling, abs=2e-3)
+    assert data["scaling"] == pytest.approx(
+        data["vector_env_sps"] / data["single_env_sps"], abs=2e-3
+    )
+
+
+def test_bench_env_bad_input_is_one_line() -> None:
+    result = run_mario("bench", "env", "--steps", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "--steps" in result.stderr
+    result = run_mario("bench", "env", "--env-id", "SuperMarioBros-0-0-v0", "--steps", "5")
+    assert result.returncode == 2
+    assert "unknown env id" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,96 @@
+"""The vector env: workers match sync mode step for step; crashes are errors, not hangs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from mario_cli.config import EnvConfig
+from mario_cli.envs import VectorEnv
+from mario_cli.errors import EnvWorkerError
+
+
+def scripted_actions(steps: int, n_envs: int) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    # Mostly right so that episodes end (goomba) and autoreset is exercised.
+    return np.where(rng.random((steps, n_envs)) < 0.8, 1, rng.integers(0, 7, (steps, n_envs)))
+
+
+def test_two_workers_match_sync_mode_step_for_step() -> None:
+    cfg = EnvConfig(n_envs=4, no_progress_terminate_steps=0)
+    actions = scripted_actions(70, 4)
+    runs = {}
+    for mode in ("sync", "process"):
+        with VectorEnv(cfg, seed=7, mode=mode, n_workers=2) as venv:
+            obs, _ = venv.reset()
+            trace = [obs]
+            ends = 0
+            for batch in actions:
+                obs, rewards, terminated, truncated, infos = venv.step(batch)
+                ends += int(terminated.sum() + truncated.sum())
+                trace.append((obs, rewards, terminated, truncated, [i["x_pos"] for i in infos]))
+            runs[mode] = (trace, ends, venv.n_workers)
+    (sync_trace, sync_ends, _), (proc_trace, proc_ends, workers) = runs["sync"], runs["process"]
+    assert workers == 2
+    assert sync_ends == proc_ends > 0  # episodes ended and were reset automatically
+    assert np.array_equal(sync_trace[0], proc_trace[0])
+    for a, b in zip(sync_trace[1:], proc_trace[1:], strict=True):
+        assert np.array_equal(a[0], b[0])
+        assert np.array_equal(a[1], b[1])
+        assert np.array_equal(a[2], b[2]) and np.array_equal(a[3], b[3])
+        assert a[4] == b[4]
+
+
+def test_autoreset_keeps_final_observation_and_episode_stats() -> None:
+    cfg = EnvConfig(n_envs=1, no_progress_terminate_steps=0)
+    with VectorEnv(cfg, seed=0, mode="sync") as venv:
+        venv.reset()
+        for _ in range(200):
+            obs, _, terminated, _, infos = venv.step(np.array([1]))
+            if terminated[0]:
+                break
+        info = infos[0]
+        assert info["final_obs"].shape == (4, 84, 84)
+        assert not np.array_equal(info["final_obs"], obs[0])  # obs is the new episode's
+        assert info["episode"]["length"] > 10
+        assert info["x_pos"] > 250
+
+
+def test_several_envs_per_worker() -> None:
+    cfg = EnvConfig(n_envs=5, no_progress_terminate_steps=0)
+    with VectorEnv(cfg, seed=1, mode="process", n_workers=2) as venv:
+        obs, infos = venv.reset()
+        assert obs.shape == (5, 4, 84, 84)
+        assert len(infos) == 5
+        total = np.zeros(5)
+        for _ in range(5):
+            obs, rewards, *_ = venv.step(np.ones(5, dtype=int))
+            total += rewards
+        assert rewards.shape == (5,)
+        assert (total > 0).all()  # everyone walked right and was paid for it
+        assert np.array_equal(obs[0], obs[4])  # same seed-free emulator, same actions
+
+
+def test_killed_worker_is_an_error_naming_worker_and_env() -> None:
+    cfg = EnvConfig(n_envs=2)
+    venv = VectorEnv(cfg, seed=0, mode="process", n_workers=2)
+    venv.reset()
+    victim = venv._workers[1][0]
+    os.kill(victim.pid, signal.SIGKILL)
+    start = time.monotonic()
+    with pytest.raises(EnvWorkerError, match=r"env worker 1 \(envs 1-1, SuperMarioBros-1-1-v0\)"):
+        venv.step(np.zeros(2, dtype=int))
+    assert time.monotonic() - start < 10
+    venv.close()
+
+
+def test_env_error_in_worker_names_the_env() -> None:
+    cfg = EnvConfig(n_envs=2)
+    with VectorEnv(cfg, seed=0, mode="process", n_workers=2) as venv:
+        venv.reset()
+        with pytest.raises(EnvWorkerError, match=r"env worker \d \(env \d, .*IndexError"):
+            venv.step(np.array([0, 99]))  # no action 99
