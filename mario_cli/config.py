@@ -293,7 +293,8 @@ def load_config(
     layers: list[tuple[str, dict[str, Any]]] = []
     if base is not None:
         layers.append(("saved run config", base))
-    file_path = find_config_file(config_path)
+    # A saved run's config is not silently changed by a ./mario.toml lying around.
+    file_path = config_path if base is not None else find_config_file(config_path)
     if file_path is not None:
         layers.append((str(file_path), read_toml(file_path)))
     layers.append(("environment", read_env_vars(environ)))

@@ -25,3 +25,7 @@ class EnvWorkerError(MarioError):
 
 class CheckpointError(MarioError):
     """A checkpoint that is missing, truncated, foreign or incompatible."""
+
+
+class NonFiniteLossError(MarioError):
+    """A NaN or infinite loss: the update is refused and the run stops."""

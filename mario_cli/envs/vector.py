@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import signal
 import traceback
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
@@ -87,6 +88,9 @@ def _worker_main(
     # Env workers do no linear algebra: one thread each, so they don't fight the learner.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides what
+    # to do (save, then close us), so workers must not die on it mid-step.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     shm = None
     group = None
     try:

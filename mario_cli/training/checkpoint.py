@@ -12,6 +12,7 @@ import pickle
 import random
 import re
 import secrets
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,9 @@ _PICKLE_PROTO = b"\x80"
 
 
 def _first_line(exc: BaseException, limit: int = 120) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = text or type(exc).__name__
+    """The first sentence of an exception message, shortened."""
+    text = str(exc).strip()
+    text = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -110,7 +112,13 @@ def _read_error(path: Path, exc: Exception) -> CheckpointError:
     """Turn whatever torch.load raised into one actionable line."""
     detail = _first_line(exc)
     if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower():
-        found = re.search(r"Unsupported (global: GLOBAL [\w.]+|operand \d+)", str(exc))
+        if "Unsupported operand" in str(exc):
+            return CheckpointError(
+                f"refusing to load {path}: it is a plain pickle, not a torch checkpoint, and "
+                "reading it needs unsafe unpickling, which can run code objects; "
+                "use a checkpoint written by mario"
+            )
+        found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(exc))
         reason = f" ({found.group(0)})" if found else ""
         return CheckpointError(
             f"refusing to load {path}: it contains pickled Python objects (code objects) "
@@ -156,7 +164,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             "delete it and use another checkpoint (`mario runs` lists them)"
         )
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about foreign pickle protocols before refusing them anyway.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            data = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(
             f"checkpoint {path} does not exist; run `mario runs` to list runs and checkpoints"
@@ -170,7 +181,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             and data
             and all(isinstance(v, torch.Tensor) for v in data.values())
         ):
-            what = f"a bare state_dict of {len(data)} tensors"
+            what = f"a bare state_dict of {len(data)} tensor{'s' if len(data) > 1 else ''}"
         elif isinstance(data, dict):
             what = "a dict without the mario format marker"
         else:

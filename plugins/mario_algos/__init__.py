@@ -1,1 +1,21 @@
-"""Built-in learning algorithms and their return estimators."""
+"""Built-in algorithms, registered through the public ``register_algorithms`` hook.
+
+Factories import torch only when a run builds them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mario_cli.hookspecs import hookimpl
+
+
+def make_ppo(policy: Any, cfg: Any, optimiser: Any) -> Any:
+    from mario_algos.ppo import PPO
+
+    return PPO(policy, cfg, optimiser)
+
+
+@hookimpl
+def register_algorithms(register: Any) -> None:
+    register("ppo", make_ppo)

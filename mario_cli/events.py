@@ -1,0 +1,104 @@
+"""Typed events: the only thing the trainer tells the outside world.
+
+Sinks (console, TUI, metrics.jsonl, TensorBoard, W&B) receive these and nothing
+else, so the trainer never imports a UI library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-friendly dict with the event's type name under ``"type"``."""
+        record = {"type": type(self).__name__}
+        for f in dataclasses.fields(self):
+            record[f.name] = getattr(self, f.name)
+        return record
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    run_name: str
+    run_dir: str
+    algo: str
+    backbone: str
+    device: str
+    env_id: str
+    n_envs: int
+    total_timesteps: int
+    start_step: int
+    n_parameters: int
+    resumed_from: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Notice(Event):
+    """A one-line note for the user (a fallback taken, a setting adjusted)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class EpisodeEnd(Event):
+    step: int
+    env_index: int
+    episode_return: float
+    length: int
+    max_x_pos: int
+    cleared: bool
+    stage: str
+
+
+@dataclass(frozen=True)
+class IterationStats(Event):
+    step: int
+    iteration: int
+    total_timesteps: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class CheckpointSaved(Event):
+    step: int
+    path: str
+    kind: str  # "periodic", "best", "final", "interrupt", "manual"
+
+
+@dataclass(frozen=True)
+class Hint(Event):
+    step: int
+    rule: str
+    severity: str  # "info", "warn", "bad"
+    message: str
+    command: str | None = None
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    step: int
+    status: str  # "finished", "interrupted", "failed"
+    reason: str
+    checkpoint: str | None
+    resume_command: str | None
+    summary: dict[str, float] = field(default_factory=dict)
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (RunStarted, Notice, EpisodeEnd, IterationStats, CheckpointSaved, Hint, RunFinished)
+}
+
+
+def event_from_record(record: dict[str, Any]) -> Event | None:
+    """Rebuild an event from a metrics.jsonl line (unknown types are skipped)."""
+    cls = EVENT_TYPES.get(record.get("type", ""))
+    if cls is None:
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in record.items() if k in names})

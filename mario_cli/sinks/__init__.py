@@ -1,0 +1,1 @@
+"""Event sinks: where the trainer's events go (files, TensorBoard, the console)."""

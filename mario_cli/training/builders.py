@@ -1,0 +1,42 @@
+"""Build the policy and the algorithm from the config and the plugin registries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mario_cli.config import MarioConfig
+from mario_cli.errors import ConfigError
+from mario_cli.plugins import get_host
+
+
+def choose_backbone(cfg: MarioConfig, device: torch.device) -> str:
+    if cfg.model.backbone != "auto":
+        return cfg.model.backbone
+    from mario_models.backbones import choose_auto_backbone
+
+    return choose_auto_backbone(device.type)
+
+
+def build_policy(
+    cfg: MarioConfig, obs_shape: tuple[int, ...], n_actions: int, device: torch.device
+) -> tuple[torch.nn.Module, str]:
+    """The actor-critic for ``cfg.model`` and the backbone name actually used."""
+    from mario_models.policy import ActorCritic
+
+    host = get_host()
+    name = choose_backbone(cfg, device)
+    backbone = host["backbones"].get(name)(obs_shape, cfg.model)
+    core = None
+    if cfg.model.recurrent != "none":
+        core = host["recurrent_cores"].get(cfg.model.recurrent)(backbone.out_features, cfg.model)
+    if cfg.model.noisy:
+        raise ConfigError("--noisy heads are not available yet; run without --noisy")
+    policy = ActorCritic(backbone, n_actions, core)
+    return policy.to(device), name
+
+
+def build_algorithm(cfg: MarioConfig, policy: torch.nn.Module, optimiser: Any) -> Any:
+    factory = get_host()["algorithms"].get(cfg.algo.algo)
+    return factory(policy, cfg, optimiser)

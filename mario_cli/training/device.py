@@ -1,0 +1,176 @@
+"""Device choice, mixed precision, torch.compile, threads and seeding."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mario_cli.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).strip()
+    text = text.splitlines()[0] if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def sanity_check(device: torch.device) -> str | None:
+    """Run a tiny conv + matmul on ``device`` and the CPU; None if they agree, else why not.
+
+    Some MPS builds run but return wrong numbers, which would silently ruin training.
+    """
+    try:
+        gen = torch.Generator().manual_seed(0)
+        images = torch.randn(2, 4, 12, 12, generator=gen)
+        kernel = torch.randn(8, 4, 3, 3, generator=gen)
+        weight = torch.randn(8 * 10 * 10, 16, generator=gen)
+
+        def compute(dev: torch.device) -> torch.Tensor:
+            features = F.conv2d(images.to(dev), kernel.to(dev))
+            return (features.flatten(1) @ weight.to(dev)).cpu()
+
+        expected = compute(torch.device("cpu"))
+        got = compute(device)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {_first_line(exc)}"
+    if got.shape != expected.shape or not torch.isfinite(got).all():
+        return "it returned malformed results"
+    error = float((got - expected).abs().max() / expected.abs().max())
+    if error > 1e-3:
+        return f"results differ from the CPU by {error:.1e} relative"
+    return None
+
+
+def resolve_device(requested: str) -> tuple[torch.device, str | None]:
+    """The device for ``requested`` (auto, cpu, cuda, mps) and a one-line note or None.
+
+    auto prefers CUDA, then MPS if it passes :func:`sanity_check`, then the CPU. A
+    missing CUDA is an error; a missing or broken MPS falls back to the CPU with a note.
+    """
+    if requested not in DEVICES:
+        raise ConfigError(f"unknown device {requested!r}; use one of: {', '.join(DEVICES)}")
+    if requested == "cpu":
+        return torch.device("cpu"), None
+    if requested in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda"), None
+    if requested == "cuda":
+        raise ConfigError(
+            "--device cuda requested but no CUDA device is available; use --device auto or cpu"
+        )
+    if not _mps_available():
+        note = "MPS is not available on this machine; using the CPU" if requested == "mps" else None
+        return torch.device("cpu"), note
+    problem = sanity_check(torch.device("mps"))
+    if problem is None:
+        return torch.device("mps"), None
+    return torch.device("cpu"), f"MPS failed a sanity check ({problem}); using the CPU"
+
+
+def amp_settings(
+    device: torch.device, requested: bool | None
+) -> tuple[bool, torch.dtype | None, bool]:
+    """(enabled, autocast dtype, use GradScaler) for mixed precision.
+
+    Only CUDA gets AMP (None means on): bf16 where supported, else fp16 with a
+    GradScaler. On CPU or MPS it is always off; a caller that got ``requested=True``
+    there should tell the user it was ignored.
+    """
+    if device.type != "cuda" or requested is False:
+        return False, None, False
+    if torch.cuda.is_bf16_supported():
+        return True, torch.bfloat16, False
+    return True, torch.float16, True
+
+
+def should_compile(device: torch.device, requested: bool | None) -> bool:
+    """Whether to torch.compile the policy; an explicit request wins.
+
+    Auto compiles on CUDA only: on a small CPU (e.g. 2 cores) the compile time of a
+    short run outweighs the speed-up, and MPS support is still patchy.
+    """
+    if requested is not None:
+        return requested
+    return device.type == "cuda"
+
+
+def _compile_note(exc: BaseException) -> str:
+    return f"torch.compile failed ({type(exc).__name__}: {_first_line(exc)}); running eager"
+
+
+def maybe_compile(module: nn.Module, enabled: bool) -> tuple[nn.Module, str | None]:
+    """``torch.compile(module)`` when enabled, else the module; a note if compile refused.
+
+    Most compile errors only appear on the first call: wrap the result in
+    :class:`CompileGuard` to fall back to the eager module then.
+    """
+    if not enabled:
+        return module, None
+    try:
+        return torch.compile(module), None  # type: ignore[return-value]
+    except Exception as exc:
+        return module, _compile_note(exc)
+
+
+class CompileGuard:
+    """Calls the compiled callable, switching for good to the eager one if it fails.
+
+    Compiled and eager modules share parameters, so switching loses nothing. If the
+    eager call fails as well, the error is the caller's, not the compiler's: it is
+    raised and the guard stays on the compiled path.
+    """
+
+    def __init__(self, compiled: Callable[..., Any], eager: Callable[..., Any]) -> None:
+        self.compiled = compiled
+        self.eager = eager
+        self.failed = False
+        self.note: str | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failed:
+            return self.eager(*args, **kwargs)
+        try:
+            return self.compiled(*args, **kwargs)
+        except Exception as exc:
+            result = self.eager(*args, **kwargs)
+            self.failed = True
+            self.note = _compile_note(exc)
+            return result
+
+
+def _cpu_count() -> int:
+    counter = getattr(os, "process_cpu_count", None) or os.cpu_count
+    return counter() or 1
+
+
+def configure_threads(n_env_workers: int, requested: int) -> int:
+    """Set torch's intra-op threads for the learner and return how many.
+
+    ``requested > 0`` is used as is; otherwise the learner gets the cores the env
+    workers leave, at least one (so on a 2-core box with 2 workers it gets 1).
+    """
+    threads = requested if requested > 0 else max(1, _cpu_count() - max(0, n_env_workers))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's random, numpy's global RNG and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # numpy only takes 0 .. 2**32 - 1
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)

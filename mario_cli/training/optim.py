@@ -1,0 +1,95 @@
+"""AdamW with warmup + cosine schedule, gradient clipping, accumulation and AMP."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from mario_cli.config import AlgoConfig
+from mario_cli.errors import NonFiniteLossError
+from mario_cli.training.schedules import make_scheduler
+
+
+class Optimiser:
+    """Owns the optimizer, the lr schedule and the grad scaler of one policy.
+
+    ``backward(loss)`` accumulates ``grad_accum_steps`` minibatches before each
+    optimizer step; ``end_update()`` advances the lr schedule once per rollout.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        cfg: AlgoConfig,
+        total_updates: int,
+        device: torch.device,
+        amp_dtype: torch.dtype | None = None,
+        use_scaler: bool = False,
+    ) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.cfg = cfg
+        self.device = device
+        self.amp_dtype = amp_dtype
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.learning_rate, eps=1e-5, weight_decay=cfg.weight_decay
+        )
+        warmup = round(cfg.warmup_fraction * total_updates)
+        self.scheduler = make_scheduler(
+            self.optimizer, total_updates, warmup, cfg.lr_schedule, cfg.lr_final_fraction
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        self._pending = 0
+        self.last_grad_norm = 0.0
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"the loss became {loss.item()}; the update was refused and the last good "
+                "checkpoint is kept. Try a lower --learning-rate or --max-grad-norm"
+            )
+        self.scaler.scale(loss / self.cfg.grad_accum_steps).backward()
+        self._pending += 1
+        if self._pending >= self.cfg.grad_accum_steps:
+            self._step()
+
+    def _step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        norm = nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.last_grad_norm = float(norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._pending = 0
+
+    def end_update(self) -> None:
+        """Apply a partial accumulation, then advance the schedule by one update."""
+        if self._pending:
+            self._step()
+        self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])

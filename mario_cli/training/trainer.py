@@ -1,0 +1,448 @@
+"""The training loop: collect a rollout, update, report events, checkpoint.
+
+The trainer knows nothing of the UI: it emits events to sinks and reads requests
+(pause, save now, stop) from a ``TrainingControl``, so the same loop runs under the
+plain console, the TUI, ``mario tune`` and the tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mario_cli import __version__
+from mario_cli.config import MarioConfig, to_toml
+from mario_cli.envs import VectorEnv
+from mario_cli.envs.stages import action_names
+from mario_cli.errors import CheckpointError, MarioError, NonFiniteLossError
+from mario_cli.events import (
+    CheckpointSaved,
+    EpisodeEnd,
+    Event,
+    IterationStats,
+    Notice,
+    RunFinished,
+    RunStarted,
+)
+from mario_cli.runs import RunPaths, create_run, default_run_name, mark_latest
+from mario_cli.training.builders import build_algorithm, build_policy
+from mario_cli.training.checkpoint import (
+    CheckpointManager,
+    capture_rng_state,
+    load_checkpoint,
+    load_weights,
+    restore_rng_state,
+)
+from mario_cli.training.device import (
+    amp_settings,
+    configure_threads,
+    resolve_device,
+    seed_everything,
+    should_compile,
+)
+from mario_cli.training.optim import Optimiser
+from mario_cli.training.rollout import RolloutBatch, RolloutStorage
+
+Sink = Callable[[Event], None]
+EPISODE_WINDOW = 100  # rolling window of the rollout/* means, as in Stable-Baselines3
+
+
+class TrainingControl:
+    """Requests from outside the loop (keys, signals, tune's pruner), thread-safe."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._save = threading.Event()
+        self._paused = threading.Event()
+        self.stop_reason = ""
+
+    def request_stop(self, reason: str = "stopped by request") -> None:
+        if not self._stop.is_set():
+            self.stop_reason = reason
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def request_save(self) -> None:
+        self._save.set()
+
+    def take_save_request(self) -> bool:
+        requested = self._save.is_set()
+        self._save.clear()
+        return requested
+
+    def toggle_pause(self) -> bool:
+        if self._paused.is_set():
+            self._paused.clear()
+        else:
+            self._paused.set()
+        return self._paused.is_set()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    def wait_while_paused(self) -> None:
+        while self._paused.is_set() and not self._stop.is_set():
+            time.sleep(0.1)
+
+
+class Trainer:
+    """One training run, new or resumed from a checkpoint."""
+
+    def __init__(
+        self,
+        cfg: MarioConfig,
+        sinks: Iterable[Sink] = (),
+        control: TrainingControl | None = None,
+        resume_from: Path | None = None,
+        on_iteration: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.sinks = list(sinks)
+        self.control = control or TrainingControl()
+        self.resume_from = resume_from
+        self.on_iteration = on_iteration
+        self.global_step = 0
+        self.iteration = 0
+        self.episodes: deque[dict[str, Any]] = deque(maxlen=EPISODE_WINDOW)
+        self.run: RunPaths | None = None
+        self.venv: VectorEnv | None = None
+
+    # ----------------------------------------------------------------- events
+    def emit(self, event: Event) -> None:
+        for sink in self.sinks:
+            sink(event)
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        resumed = load_checkpoint(self.resume_from) if self.resume_from else None
+
+        self.device, note = resolve_device(cfg.train.device)
+        if note:
+            self.emit(Notice(note))
+        amp_on, amp_dtype, use_scaler = amp_settings(self.device, cfg.train.amp)
+        if cfg.train.amp and not amp_on:
+            self.emit(Notice(f"AMP needs CUDA; training in float32 on {self.device.type}"))
+        seed_everything(cfg.train.seed)
+
+        self.venv = VectorEnv(cfg.env, seed=cfg.train.seed)
+        threads = configure_threads(0, cfg.train.torch_threads)
+        obs_space = self.venv.single_observation_space
+        self.obs_shape = tuple(obs_space.shape)
+        self.n_actions = int(self.venv.single_action_space.n)
+        if resumed is not None:
+            self._check_compatible(resumed)
+
+        self.policy, self.backbone = build_policy(cfg, self.obs_shape, self.n_actions, self.device)
+        rollout_size = cfg.algo.n_steps * cfg.env.n_envs
+        total_updates = max(1, cfg.train.total_timesteps // rollout_size)
+        self.optimiser = Optimiser(
+            self.policy.parameters(), cfg.algo, total_updates, self.device, amp_dtype, use_scaler
+        )
+        self.algorithm = build_algorithm(cfg, self.policy, self.optimiser)
+        self.storage = RolloutStorage(cfg.algo.n_steps, cfg.env.n_envs, self.obs_shape, self.device)
+
+        if resumed is not None:
+            self.run = RunPaths(self.resume_from.parent.parent)
+            mark_latest(self.run)
+            self._restore(resumed)
+        else:
+            name = cfg.train.run_name or default_run_name(cfg.algo.algo, cfg.env.env_id)
+            self.run = create_run(cfg.train.artifacts_dir, name)
+            if cfg.train.init_model_path is not None:
+                self._init_weights(cfg.train.init_model_path, cfg.train.allow_partial_init)
+        self.run.config.write_text(to_toml(cfg.to_dict()))
+        self.checkpoints = CheckpointManager(self.run.root, cfg.train.keep_checkpoints)
+        self._compile_policy()
+        self.emit(
+            RunStarted(
+                run_name=self.run.name,
+                run_dir=str(self.run.root),
+                algo=cfg.algo.algo,
+                backbone=self.backbone,
+                device=f"{self.device.type} ({threads} threads)",
+                env_id=cfg.env.env_id,
+                n_envs=cfg.env.n_envs,
+                total_timesteps=cfg.train.total_timesteps,
+                start_step=self.global_step,
+                n_parameters=sum(p.numel() for p in self.policy.parameters()),
+                resumed_from=str(self.resume_from) if self.resume_from else None,
+                config=cfg.to_dict(),
+            )
+        )
+
+    def _check_compatible(self, state: dict[str, Any]) -> None:
+        saved_shape = tuple(state.get("obs_shape", ()))
+        if saved_shape and saved_shape != self.obs_shape:
+            raise CheckpointError(
+                f"{self.resume_from} was trained on observations {saved_shape}, but this "
+                f"config makes {self.obs_shape}; resume with the run's own env settings"
+            )
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        skipped = load_weights(self.policy, state["model"], self.cfg.train.allow_partial_init)
+        if skipped:
+            self.emit(Notice(f"partial resume: skipped {', '.join(skipped)}"))
+        else:
+            self.optimiser.load_state_dict(state["optimiser"])
+            self.algorithm.load_state_dict(state.get("algorithm", {}))
+        self.global_step = int(state["global_step"])
+        self.iteration = int(state["iteration"])
+        self.episodes.extend(state.get("episodes", []))
+        restore_rng_state(state["rng"])
+        self._truncate_logs(self.global_step)
+
+    def _init_weights(self, path: Path, allow_partial: bool) -> None:
+        state = load_checkpoint(path)
+        skipped = load_weights(self.policy, state["model"], allow_partial)
+        message = f"initialised weights from {path}"
+        if skipped:
+            message += f"; skipped (shape or name differs): {', '.join(skipped)}"
+        self.emit(Notice(message))
+
+    def _truncate_logs(self, step: int) -> None:
+        """Drop metric lines logged after the checkpoint, so the step axis continues."""
+        path = self.run.metrics
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+
+    def _compile_policy(self) -> None:
+        if not should_compile(self.device, self.cfg.train.compile):
+            return
+        eager_forward = self.policy.forward
+        self.policy.forward = torch.compile(eager_forward)
+        try:  # compile errors surface on the first call: try one now
+            dummy = torch.zeros((2, *self.obs_shape), dtype=torch.uint8, device=self.device)
+            self.policy(dummy).value.sum().backward()
+            self.policy.zero_grad(set_to_none=True)
+        except Exception as exc:
+            del self.policy.forward  # back to the class's eager forward
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self.emit(Notice(f"torch.compile failed ({type(exc).__name__}: {first}); eager"))
+
+    # ------------------------------------------------------------- checkpoint
+    def _payload(self, with_optimiser: bool = True) -> dict[str, Any]:
+        cfg = self.cfg
+        payload: dict[str, Any] = {
+            "model": {k: v.detach().cpu() for k, v in self.policy.state_dict().items()},
+            "global_step": self.global_step,
+            "iteration": self.iteration,
+            "config": cfg.to_dict(),
+            "actions": action_names(cfg.env.movement),
+            "obs_shape": list(self.obs_shape),
+            "backbone": self.backbone,
+            "mario_version": __version__,
+            "run_name": self.run.name,
+            "episodes": list(self.episodes),
+            "rng": capture_rng_state(),
+        }
+        if with_optimiser:
+            payload["optimiser"] = self.optimiser.state_dict()
+            payload["algorithm"] = self.algorithm.state_dict()
+        return payload
+
+    def save(self, kind: str) -> Path:
+        path = self.checkpoints.save(self._payload(), self.global_step)
+        self.emit(CheckpointSaved(self.global_step, str(path), kind))
+        return path
+
+    def resume_command(self) -> str:
+        command = ["mario", "resume", self.run.name]
+        if self.cfg.train.artifacts_dir != Path("artifacts"):
+            command += ["--artifacts-dir", str(self.cfg.train.artifacts_dir)]
+        return shlex.join(command)
+
+    # --------------------------------------------------------------- the loop
+    def train(self) -> RunFinished:
+        """Run to ``total_timesteps`` or until stopped; always ends in a RunFinished."""
+        try:
+            self._setup()
+        except BaseException:
+            self._close()
+            raise
+        try:
+            finished = self._loop()
+        except NonFiniteLossError as exc:
+            last = self.checkpoints.latest()
+            finished = RunFinished(
+                self.global_step,
+                "failed",
+                str(exc),
+                str(last) if last else None,
+                self.resume_command() if last else None,
+                self._summary(),
+            )
+        except BaseException as exc:
+            # Crash: keep what was learned since the last checkpoint, then re-raise.
+            if self.run is not None and self.iteration > 0 and not isinstance(exc, MarioError):
+                with contextlib.suppress(Exception):
+                    self.save("crash")
+            self._close()
+            raise
+        self._close()
+        self.emit(finished)
+        return finished
+
+    def _loop(self) -> RunFinished:
+        cfg = self.cfg
+        total = cfg.train.total_timesteps
+        rollout_size = cfg.algo.n_steps * cfg.env.n_envs
+        next_save = (self.global_step // cfg.train.save_freq + 1) * cfg.train.save_freq
+        start_time, start_step = time.perf_counter(), self.global_step
+        obs, _ = self.venv.reset(seed=cfg.train.seed)
+        next_obs = torch.from_numpy(obs).to(self.device)
+        starts = torch.ones(cfg.env.n_envs, device=self.device)
+
+        while self.global_step < total:
+            self.control.wait_while_paused()
+            if self.control.stop_requested:
+                return self._interrupted()
+            batch, next_obs, starts = self._collect(next_obs, starts)
+            if batch is None:
+                return self._interrupted()
+            metrics = self.algorithm.update(batch)
+            self.global_step += rollout_size
+            self.iteration += 1
+            elapsed = time.perf_counter() - start_time
+            metrics.update(self._rollout_metrics())
+            metrics["time/fps"] = (self.global_step - start_step) / max(elapsed, 1e-9)
+            metrics["time/iterations"] = self.iteration
+            metrics["time/total_timesteps"] = self.global_step
+            metrics["time/time_elapsed"] = elapsed
+            self.emit(IterationStats(self.global_step, self.iteration, total, metrics))
+            if self.on_iteration is not None:
+                self.on_iteration(self.global_step, metrics)
+            if self.global_step >= next_save:
+                self.save("periodic")
+                next_save += cfg.train.save_freq
+            if self.control.take_save_request():
+                self.save("manual")
+            self._maybe_save_best(metrics)
+
+        path = self.checkpoints.save_final(self._payload())
+        self.emit(CheckpointSaved(self.global_step, str(path), "final"))
+        return RunFinished(
+            self.global_step,
+            "finished",
+            "reached total_timesteps",
+            str(path),
+            None,
+            self._summary(),
+        )
+
+    def _interrupted(self) -> RunFinished:
+        path = self.save("interrupt")
+        return RunFinished(
+            self.global_step,
+            "interrupted",
+            self.control.stop_reason or "stopped",
+            str(path),
+            self.resume_command(),
+            self._summary(),
+        )
+
+    @torch.no_grad()
+    def _collect(
+        self, obs: torch.Tensor, starts: torch.Tensor
+    ) -> tuple[RolloutBatch | None, torch.Tensor, torch.Tensor]:
+        """Fill the storage with ``n_steps`` of every env (None if a stop came first)."""
+        gamma = self.cfg.algo.gamma
+        self.policy.eval()
+        n_envs = self.cfg.env.n_envs
+        for t in range(self.cfg.algo.n_steps):
+            if self.control.stop_requested:
+                self.storage.step = 0
+                self.policy.train()
+                return None, obs, starts
+            with self.optimiser.autocast():
+                actions, log_probs, values, _ = self.policy.act(obs)
+            next_obs, rewards, terminated, truncated, infos = self.venv.step(actions.cpu().numpy())
+            rewards_t = torch.from_numpy(rewards).to(self.device)
+            cut = np.flatnonzero(truncated & ~terminated)
+            if cut.size:
+                # A truncated episode did not end in the game: bootstrap its last value.
+                final = np.stack([infos[i]["final_obs"] for i in cut])
+                with self.optimiser.autocast():
+                    final_values = self.policy(torch.from_numpy(final).to(self.device)).value
+                rewards_t[torch.from_numpy(cut).to(self.device)] += gamma * final_values.float()
+            dones = torch.from_numpy(terminated | truncated).to(self.device, torch.float32)
+            self.storage.add(obs, actions, log_probs, values.float(), rewards_t, dones, starts)
+            self._record_episodes(infos, self.global_step + (t + 1) * n_envs)
+            obs = torch.from_numpy(next_obs).to(self.device)
+            starts = dones
+        with self.optimiser.autocast():
+            last_value = self.policy(obs).value.float()
+        self.policy.train()
+        return self.storage.batch(last_value, obs), obs, starts
+
+    def _record_episodes(self, infos: list[dict[str, Any]], step: int) -> None:
+        for index, info in enumerate(infos):
+            episode = info.get("episode")
+            if episode is None:
+                continue
+            self.episodes.append(episode)
+            self.emit(
+                EpisodeEnd(
+                    step=step,
+                    env_index=index,
+                    episode_return=float(episode["return"]),
+                    length=int(episode["length"]),
+                    max_x_pos=int(episode["max_x_pos"]),
+                    cleared=bool(episode["cleared"]),
+                    stage=str(episode["stage"]),
+                )
+            )
+
+    def _rollout_metrics(self) -> dict[str, float]:
+        if not self.episodes:
+            return {}
+        episodes = list(self.episodes)
+        return {
+            "rollout/ep_rew_mean": float(np.mean([e["return"] for e in episodes])),
+            "rollout/ep_len_mean": float(np.mean([e["length"] for e in episodes])),
+            "rollout/avg_max_x_pos": float(np.mean([e["max_x_pos"] for e in episodes])),
+            "rollout/clear_rate": float(np.mean([e["cleared"] for e in episodes])),
+        }
+
+    def _maybe_save_best(self, metrics: dict[str, float]) -> None:
+        # Judge only once the window holds enough episodes to mean something.
+        if len(self.episodes) < min(20, EPISODE_WINDOW):
+            return
+        score = metrics["rollout/clear_rate"] * 10_000 + metrics["rollout/avg_max_x_pos"]
+        if self.checkpoints.save_best(self._payload(with_optimiser=False), score):
+            self.emit(CheckpointSaved(self.global_step, str(self.checkpoints.best_path), "best"))
+
+    def _summary(self) -> dict[str, float]:
+        summary = {"global_step": float(self.global_step), "iterations": float(self.iteration)}
+        summary.update(self._rollout_metrics())
+        return summary
+
+    def _close(self) -> None:
+        if self.venv is not None:
+            self.venv.close()
+            self.venv = None

@@ -1,0 +1,210 @@
+"""LR schedules and device, AMP, compile, thread and seed helpers."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mario_cli.errors import ConfigError
+from mario_cli.training import device as dev
+from mario_cli.training.checkpoint import load_checkpoint, save_checkpoint
+from mario_cli.training.device import (
+    CompileGuard,
+    amp_settings,
+    configure_threads,
+    maybe_compile,
+    resolve_device,
+    sanity_check,
+    seed_everything,
+    should_compile,
+)
+from mario_cli.training.schedules import linear, lr_factor, make_scheduler
+
+
+def test_warmup_then_constant() -> None:
+    assert lr_factor(0, 100, 10, "constant", 0.4) == pytest.approx(0.1)
+    assert lr_factor(4, 100, 10, "constant", 0.4) == pytest.approx(0.5)
+    assert lr_factor(9, 100, 10, "constant", 0.4) == 1.0
+    assert lr_factor(55, 100, 10, "constant", 0.4) == 1.0
+    assert lr_factor(500, 100, 10, "constant", 0.4) == 1.0
+
+
+def test_warmup_then_cosine() -> None:
+    assert lr_factor(0, 110, 10, "cosine", 0.4) == pytest.approx(0.1)
+    assert lr_factor(9, 110, 10, "cosine", 0.4) == 1.0
+    assert lr_factor(10, 110, 10, "cosine", 0.4) == 1.0
+    assert lr_factor(60, 110, 10, "cosine", 0.4) == pytest.approx(0.7)  # halfway
+    assert lr_factor(35, 110, 10, "cosine", 0.4) == pytest.approx(
+        0.4 + 0.6 * 0.5 * (1 + math.cos(math.pi / 4))
+    )
+    assert lr_factor(110, 110, 10, "cosine", 0.4) == pytest.approx(0.4)
+    assert lr_factor(10_000, 110, 10, "cosine", 0.4) == pytest.approx(0.4)
+
+
+def test_no_warmup_and_bad_schedule() -> None:
+    assert lr_factor(0, 100, 0, "cosine", 0.0) == 1.0
+    assert lr_factor(100, 100, 0, "cosine", 0.0) == pytest.approx(0.0)
+    with pytest.raises(ConfigError, match="unknown lr schedule 'step'"):
+        lr_factor(0, 100, 0, "step", 0.0)
+
+
+def test_linear() -> None:
+    assert linear(1.0, 0.0, 0.25) == 0.75
+    assert linear(0.4, 1.0, -1.0) == 0.4
+    assert linear(0.4, 1.0, 2.0) == 1.0
+
+
+def test_scheduler_follows_factor_and_checkpoints(tmp_path: Path) -> None:
+    param = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([param], lr=1e-3)
+    sched = make_scheduler(
+        opt, total_updates=20, warmup_updates=4, schedule="cosine", final_fraction=0.5
+    )
+    lrs = []
+    for _ in range(22):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(2.5e-4)
+    assert lrs[3] == pytest.approx(1e-3)
+    assert lrs[12] == pytest.approx(1e-3 * 0.75)
+    assert lrs[20] == pytest.approx(5e-4) and lrs[21] == pytest.approx(5e-4)
+
+    path = save_checkpoint(tmp_path / "s.pt", {"sched": sched.state_dict()})
+    opt2 = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched2 = make_scheduler(opt2, 20, 4, "cosine", 0.5)
+    sched2.load_state_dict(load_checkpoint(path)["sched"])
+    assert sched2.last_epoch == 22 and sched2.get_last_lr() == sched.get_last_lr()
+    with pytest.raises(ConfigError):
+        make_scheduler(opt2, 20, 4, "linear", 0.5)
+
+
+def test_resolve_device_here() -> None:
+    assert resolve_device("cpu") == (torch.device("cpu"), None)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--device cuda requested but no CUDA"):
+            resolve_device("cuda")
+        assert resolve_device("auto") == (torch.device("cpu"), None)
+    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+
+
+def test_resolve_mps_unavailable(monkeypatch) -> None:
+    monkeypatch.setattr(dev.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dev, "_mps_available", lambda: False)
+    device, note = resolve_device("mps")
+    assert device == torch.device("cpu")
+    assert note == "MPS is not available on this machine; using the CPU"
+
+
+def test_resolve_mps_insane(monkeypatch) -> None:
+    monkeypatch.setattr(dev.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dev, "_mps_available", lambda: True)
+    monkeypatch.setattr(dev, "sanity_check", lambda d: "results differ from the CPU")
+    for requested in ("mps", "auto"):
+        device, note = resolve_device(requested)
+        assert device == torch.device("cpu")
+        assert note == "MPS failed a sanity check (results differ from the CPU); using the CPU"
+    monkeypatch.setattr(dev, "sanity_check", lambda d: None)
+    assert resolve_device("mps") == (torch.device("mps"), None)
+
+
+def test_sanity_check() -> None:
+    assert sanity_check(torch.device("cpu")) is None
+    assert sanity_check(torch.device("meta")) is not None  # meta tensors cannot be read back
+
+
+def test_amp_and_compile_choices() -> None:
+    cpu = torch.device("cpu")
+    assert amp_settings(cpu, None) == (False, None, False)
+    assert amp_settings(cpu, True) == (False, None, False)
+    assert amp_settings(torch.device("mps"), True) == (False, None, False)
+    assert amp_settings(torch.device("cuda"), False) == (False, None, False)
+    assert not should_compile(cpu, None)
+    assert should_compile(cpu, True)
+    assert should_compile(torch.device("cuda"), None)
+    assert not should_compile(torch.device("cuda"), False)
+
+
+def test_amp_on_cuda_dtypes(monkeypatch) -> None:
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(dev.torch.cuda, "is_bf16_supported", lambda: True)
+    assert amp_settings(cuda, None) == (True, torch.bfloat16, False)
+    monkeypatch.setattr(dev.torch.cuda, "is_bf16_supported", lambda: False)
+    assert amp_settings(cuda, True) == (True, torch.float16, True)
+
+
+def test_maybe_compile(monkeypatch) -> None:
+    module = nn.Linear(2, 2)
+    assert maybe_compile(module, False) == (module, None)
+
+    def broken(m):
+        raise RuntimeError("no compiler here\nmore detail")
+
+    monkeypatch.setattr(dev.torch, "compile", broken)
+    assert maybe_compile(module, True) == (
+        module,
+        "torch.compile failed (RuntimeError: no compiler here); running eager",
+    )
+
+
+def test_compile_guard_falls_back() -> None:
+    eager = nn.Linear(3, 2)
+    calls = {"compiled": 0}
+
+    def compiled(x):
+        calls["compiled"] += 1
+        raise RuntimeError("inductor blew up\nstack...")
+
+    guard = CompileGuard(compiled, eager)
+    x = torch.randn(4, 3)
+    assert torch.equal(guard(x), eager(x))
+    assert guard.failed
+    assert guard.note == "torch.compile failed (RuntimeError: inductor blew up); running eager"
+    assert torch.equal(guard(x), eager(x))
+    assert calls["compiled"] == 1
+
+
+def test_compile_guard_passes_through_and_keeps_user_errors() -> None:
+    guard = CompileGuard(lambda x: x * 2, lambda x: x * 3)
+    assert guard(2) == 4 and guard.note is None
+
+    def bad(x):
+        raise ValueError("bad input")
+
+    guard = CompileGuard(bad, bad)
+    with pytest.raises(ValueError, match="bad input"):
+        guard(1)
+    assert not guard.failed and guard.note is None
+
+
+def test_configure_threads(monkeypatch) -> None:
+    original = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(dev, "_cpu_count", lambda: 2)
+        assert configure_threads(n_env_workers=2, requested=0) == 1
+        assert torch.get_num_threads() == 1
+        monkeypatch.setattr(dev, "_cpu_count", lambda: 8)
+        assert configure_threads(n_env_workers=3, requested=0) == 5
+        assert configure_threads(n_env_workers=3, requested=2) == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(original)
+
+
+def test_seed_everything() -> None:
+    def draw():
+        return random.random(), float(np.random.rand()), torch.rand(2)
+
+    seed_everything(123)
+    a = draw()
+    seed_everything(123)
+    b = draw()
+    assert a[:2] == b[:2] and torch.equal(a[2], b[2])
+    seed_everything(-1)  # negative seeds are valid for torch, folded for numpy
