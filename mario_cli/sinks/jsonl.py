@@ -19,7 +19,7 @@ class JsonlSink:
         if isinstance(event, RunStarted):
             self.close()
             path = Path(event.run_dir, "metrics.jsonl")
-            self._file = path.open("a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
+            self._file = path.open("a", encoding="utf-8")
         if self._file is None:
             return
         record = event.to_record()
