@@ -52,3 +52,23 @@ def env(
     table.add_row("efficiency (one env / ceiling)", f"{result.efficiency:.2f}")
     table.add_row("scaling (vector / one env)", f"{result.scaling:.2f}")
     console.print(table)
+
+
+@app.command("sb3")
+def sb3(
+    minutes: float | None = typer.Option(None, "--minutes", help="Stop after this wall time."),
+    total_timesteps: int = typer.Option(10_000_000, "--total-timesteps", help="Step budget."),
+    n_envs: int = typer.Option(8, "--n-envs", help="Envs (one process each, as SB3 does)."),
+    env_id: str = typer.Option("SuperMarioBros-1-1-v0", "--env-id", help="Env id."),
+    seed: int = typer.Option(0, "--seed", help="Seed."),
+    artifacts_dir: Path = typer.Option(Path("artifacts"), "--artifacts-dir", help="Output root."),
+    run_name: str | None = typer.Option(None, "--run-name", help="Run folder name."),
+) -> None:
+    """Train Stable-Baselines3 PPO with the classic Mario settings, as a comparable run."""
+    from mario_cli.baselines.sb3_ppo import run_sb3_ppo
+
+    with console.status("training Stable-Baselines3 PPO (classic settings)"):
+        summary = run_sb3_ppo(
+            env_id, n_envs, total_timesteps, artifacts_dir, minutes, seed, run_name
+        )
+    console.print_json(data=summary)

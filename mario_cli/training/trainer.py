@@ -366,8 +366,20 @@ class Trainer:
             self._summary(),
         )
 
-    @torch.no_grad()
     def _collect(
+        self, obs: torch.Tensor, starts: torch.Tensor
+    ) -> tuple[RolloutBatch | None, torch.Tensor, torch.Tensor]:
+        # While env workers use every core, a second inference thread only contends
+        # with them (measured: one thread collects ~8% faster on 2 cores).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._collect_rollout(obs, starts)
+        finally:
+            torch.set_num_threads(threads)
+
+    @torch.no_grad()
+    def _collect_rollout(
         self, obs: torch.Tensor, starts: torch.Tensor
     ) -> tuple[RolloutBatch | None, torch.Tensor, torch.Tensor]:
         """Fill the storage with ``n_steps`` of every env (None if a stop came first)."""

@@ -1,0 +1,1 @@
+"""Reference implementations that mario is measured against (optional `bench` extra)."""

@@ -1,0 +1,148 @@
+"""Stable-Baselines3 PPO with the classic Mario settings, logged like a mario run.
+
+Classic settings: CnnPolicy, frame skip 4, grayscale 84x84, stack 4, the env's own
+reward, n_steps 512, batch 64, 10 epochs, one process per env (SubprocVecEnv). The
+run folder gets a metrics.jsonl in mario's format, so `mario plot` overlays it with
+mario runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from mario_cli.config import EnvConfig
+from mario_cli.errors import MarioError
+from mario_cli.events import EpisodeEnd, IterationStats, RunFinished, RunStarted
+from mario_cli.runs import create_run
+from mario_cli.sinks.jsonl import JsonlSink
+
+CLASSIC = {"n_steps": 512, "batch_size": 64, "n_epochs": 10}
+
+
+class _EpisodeInfoForSB3(gym.Wrapper):
+    """SB3's Monitor owns info["episode"]; keep mario's episode stats under another key."""
+
+    def step(self, action: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if "episode" in info:
+            info["mario_episode"] = info.pop("episode")
+        return obs, reward, terminated, truncated, info
+
+
+def classic_env_config(env_id: str) -> EnvConfig:
+    return EnvConfig(env_id=env_id, reward_mode="raw", no_progress_terminate_steps=0)
+
+
+def _make_env(cfg: EnvConfig, seed: int) -> gym.Env:
+    from stable_baselines3.common.monitor import Monitor
+
+    from mario_cli.envs import make_env
+
+    env = _EpisodeInfoForSB3(make_env(cfg))
+    env.reset(seed=seed)
+    return Monitor(env)
+
+
+def _require_sb3() -> None:
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError:
+        raise MarioError(
+            "Stable-Baselines3 is not installed; install the bench extra: pip install -e '.[bench]'"
+        ) from None
+
+
+def run_sb3_ppo(
+    env_id: str,
+    n_envs: int,
+    total_timesteps: int,
+    artifacts: Path,
+    minutes: float | None = None,
+    seed: int = 0,
+    run_name: str | None = None,
+) -> dict[str, float]:
+    """Train SB3 PPO until ``total_timesteps`` or ``minutes``; return the final summary."""
+    _require_sb3()
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    cfg = classic_env_config(env_id)
+    run = create_run(artifacts, run_name or f"sb3-ppo-{time.strftime('%Y%m%d-%H%M%S')}")
+    sink = JsonlSink()
+    sink(
+        RunStarted(
+            run_name=run.name,
+            run_dir=str(run.root),
+            algo="sb3-ppo",
+            backbone="CnnPolicy",
+            device="cpu",
+            env_id=env_id,
+            n_envs=n_envs,
+            total_timesteps=total_timesteps,
+            start_step=0,
+            n_parameters=0,
+        )
+    )
+    episodes: deque[dict[str, Any]] = deque(maxlen=100)
+    deadline = time.monotonic() + minutes * 60 if minutes else None
+    start = time.perf_counter()
+
+    class MarioLog(BaseCallback):
+        def _on_step(self) -> bool:
+            for index, info in enumerate(self.locals["infos"]):
+                episode = info.get("mario_episode")
+                if episode is not None:
+                    episodes.append(episode)
+                    sink(
+                        EpisodeEnd(
+                            self.num_timesteps,
+                            index,
+                            float(episode["return"]),
+                            int(episode["length"]),
+                            int(episode["max_x_pos"]),
+                            bool(episode["cleared"]),
+                            str(episode["stage"]),
+                        )
+                    )
+            return deadline is None or time.monotonic() < deadline
+
+        def _on_rollout_end(self) -> None:
+            elapsed = time.perf_counter() - start
+            metrics = {
+                "time/total_timesteps": float(self.num_timesteps),
+                "time/time_elapsed": elapsed,
+                "time/fps": self.num_timesteps / max(elapsed, 1e-9),
+            }
+            if episodes:
+                metrics["rollout/avg_max_x_pos"] = float(
+                    np.mean([e["max_x_pos"] for e in episodes])
+                )
+                metrics["rollout/ep_rew_mean"] = float(np.mean([e["return"] for e in episodes]))
+                metrics["rollout/clear_rate"] = float(np.mean([e["cleared"] for e in episodes]))
+            sink(IterationStats(self.num_timesteps, self.n_calls, total_timesteps, metrics))
+
+    torch.manual_seed(seed)
+    venv = SubprocVecEnv(
+        [lambda i=i: _make_env(cfg, seed + i) for i in range(n_envs)], start_method="forkserver"
+    )
+    try:
+        model = PPO("CnnPolicy", venv, seed=seed, verbose=0, device="cpu", **CLASSIC)
+        model.learn(total_timesteps=total_timesteps, callback=MarioLog())
+        steps = model.num_timesteps
+    finally:
+        venv.close()
+    elapsed = time.perf_counter() - start
+    summary = {"global_step": float(steps), "sps": steps / elapsed}
+    if episodes:
+        summary["rollout/avg_max_x_pos"] = float(np.mean([e["max_x_pos"] for e in episodes]))
+    sink(RunFinished(steps, "finished", "budget reached", None, None, summary))
+    sink.close()
+    return summary
