@@ -46,6 +46,35 @@ class RunPaths:
     def artifacts(self) -> Path:
         return self.root.parent.parent
 
+    @property
+    def lock(self) -> Path:
+        """Holds the PID of the process training this run, while it trains."""
+        return self.root / "run.lock"
+
+    def acquire(self) -> None:
+        if self.running_pid() is not None:
+            raise MarioError(
+                f"run {self.name} is being trained by process {self.running_pid()}; "
+                "stop it first or pick another run"
+            )
+        self.lock.write_text(f"{os.getpid()}\n")
+
+    def release(self) -> None:
+        self.lock.unlink(missing_ok=True)
+
+    def running_pid(self) -> int | None:
+        try:
+            pid = int(self.lock.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        return pid
+
 
 def default_run_name(algo: str, env_id: str) -> str:
     stage = re.sub(r"^SuperMarioBros-?|-v\d+$", "", env_id) or "game"

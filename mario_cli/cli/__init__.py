@@ -6,7 +6,8 @@ import sys
 
 import typer
 
-from mario_cli.cli import bench, config_cmd, plot, plugins_cmd, train
+from mario_cli.cli import bench, config_cmd, plot, plugins_cmd, record, runs_cmd, train
+from mario_cli.cli import eval as eval_cmd
 from mario_cli.cli.console import console, print_error
 from mario_cli.errors import MarioError
 
@@ -22,7 +23,10 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(bench.app, name="bench")
 app.command("train")(train.train)
 app.command("resume")(train.resume)
+app.command("eval")(eval_cmd.eval_command)
+app.command("record")(record.record)
 app.command("plot")(plot.plot)
+app.command("runs")(runs_cmd.runs)
 app.command("plugins")(plugins_cmd.plugins)
 
 _debug = False

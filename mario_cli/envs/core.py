@@ -8,6 +8,7 @@ logic needs (death and cut-scene skipping, termination).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -52,6 +53,9 @@ class MarioCore(gym.Env):
         self._spec = specs[0]
         self._nes = self._emulator(self._spec)
         self._max_x = 0
+        # Called with the RGB screen (a live view: copy to keep it) after every NES
+        # frame, so videos and live windows show all frames, not one per agent step.
+        self.on_frame: Callable[[np.ndarray], None] | None = None
         self._lean = all(
             hasattr(self._nes, name)
             for name in ("_get_reward", "_get_terminated", "_did_step", "_env")
@@ -89,6 +93,8 @@ class MarioCore(gym.Env):
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """One NES frame through the env's public step (full reward and info)."""
         _, reward, terminated, truncated, nes_info = self._nes.step(self._buttons[action])
+        if self.on_frame is not None:
+            self.on_frame(self._nes.screen)
         info = self._small_info(nes_info)
         return self.observe(), float(reward), terminated, truncated, info
 
@@ -100,9 +106,13 @@ class MarioCore(gym.Env):
         """
         if not self._lean:
             _, reward, terminated, truncated, _ = self._nes.step(self._buttons[action])
+            if self.on_frame is not None:
+                self.on_frame(self._nes.screen)
             return float(reward), terminated or truncated
         nes = self._nes
         nes._env.frame_advance(self._buttons[action])
+        if self.on_frame is not None:
+            self.on_frame(nes.screen)
         reward = nes._get_reward() if self.env_reward else 0.0
         done = bool(nes._get_terminated())
         nes.done = done
@@ -113,6 +123,10 @@ class MarioCore(gym.Env):
         """A copy of the current screen, grayscale if ``use_grayscale()`` was called."""
         mode = "grayscale" if self.grayscale else "rgb_array_contiguous"
         return self._nes.observation(mode, out)
+
+    def rgb_frame(self) -> np.ndarray:
+        """The current screen as RGB ``(240, 256, 3)``, whatever the observation mode."""
+        return self._nes.observation("rgb_array_contiguous")
 
     def current_info(self) -> dict[str, Any]:
         nes = self._nes
@@ -149,7 +163,7 @@ class MarioCore(gym.Env):
 
     def render(self) -> np.ndarray | None:
         if self.render_mode == "rgb_array":
-            return self._nes.observation("rgb_array_contiguous")
+            return self.rgb_frame()
         return None
 
     def close(self) -> None:

@@ -165,6 +165,7 @@ class Trainer:
             self.run = create_run(cfg.train.artifacts_dir, name)
             if cfg.train.init_model_path is not None:
                 self._init_weights(cfg.train.init_model_path, cfg.train.allow_partial_init)
+        self.run.acquire()
         self.run.config.write_text(to_toml(cfg.to_dict()))
         self.checkpoints = CheckpointManager(self.run.root, cfg.train.keep_checkpoints)
         self._compile_policy()
@@ -455,6 +456,8 @@ class Trainer:
         return summary
 
     def _close(self) -> None:
+        if self.run is not None:
+            self.run.release()
         if self.venv is not None:
             self.venv.close()
             self.venv = None

@@ -1,0 +1,138 @@
+"""``mario eval``: judge a trained agent with numbers you can trust."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from mario_cli.cli.console import console
+from mario_cli.errors import ConfigError, MarioError
+
+
+def eval_command(
+    model: str | None = typer.Argument(
+        None, help="Run name, run folder or checkpoint (default: latest run's best/final)."
+    ),
+    episodes: int = typer.Option(5, "--episodes", "-n", help="Episodes (per stage)."),
+    stochastic: bool = typer.Option(False, "--stochastic", help="Sample actions (default greedy)."),
+    max_steps: int = typer.Option(5000, "--max-steps", help="Step limit per episode."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first episode (+1 per episode)."),
+    movement: str = typer.Option("auto", "--movement", help="auto: the checkpoint's action set."),
+    env_id: str | None = typer.Option(None, "--env-id", help="Evaluate on another env id."),
+    stages: str | None = typer.Option(None, "--stages", help="1-1,1-2,... or all: a stage grid."),
+    workers: int = typer.Option(0, "--workers", help="Processes (0: one per core)."),
+    render: bool = typer.Option(False, "--render", help="Watch the agent play in a window."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    artifacts_dir: Path = typer.Option(Path("artifacts"), "--artifacts-dir", help="Runs root."),
+) -> None:
+    """Average reward, furthest x and clear rate of a trained agent."""
+    from mario_cli.evaluation import evaluate, find_model, parse_stages
+
+    if episodes < 1 or max_steps < 1:
+        raise ConfigError("--episodes and --max-steps must be at least 1")
+    checkpoint = find_model(model, artifacts_dir)
+    overrides: dict[str, Any] = {"movement": movement}
+    if env_id:
+        from mario_cli.envs.stages import parse_env_id
+
+        parse_env_id(env_id)
+        overrides.update(env_id=env_id, random_stage=False)
+    stage_list = parse_stages(stages) if stages else None
+    if render:
+        _render(checkpoint, overrides, not stochastic, max_steps, seed, episodes)
+        return
+    n_workers = workers or min(os.cpu_count() or 1, episodes * len(stage_list or [None]))
+    if as_json:
+        result = evaluate(
+            checkpoint, episodes, not stochastic, max_steps, seed, overrides, stage_list, n_workers
+        )
+        print(json.dumps(result))
+        return
+    with console.status(f"playing {episodes} episode(s) with {checkpoint}"):
+        result = evaluate(
+            checkpoint, episodes, not stochastic, max_steps, seed, overrides, stage_list, n_workers
+        )
+    _print_result(result, stage_list)
+
+
+def _print_result(result: dict[str, Any], stages: list[str] | None) -> None:
+    table = Table(title=f"mario eval: {result['model']}")
+    for column in ("#", "stage", "return", "length", "max x", "cleared"):
+        table.add_column(column, justify="right")
+    for i, episode in enumerate(result["per_episode"], start=1):
+        table.add_row(
+            str(i),
+            episode["stage"],
+            f"{episode['return']:.1f}",
+            str(episode["length"]),
+            str(episode["max_x_pos"]),
+            "[green]yes[/]" if episode["cleared"] else "no",
+        )
+    console.print(table)
+    console.print(
+        f"[bold]{result['episodes']} episodes[/]: avg reward {result['avg_reward']:.1f}, "
+        f"avg max x {result['avg_max_x_pos']:.0f}, clear rate {result['clear_rate']:.0%}, "
+        f"avg length {result['avg_length']:.0f}",
+        highlight=False,
+    )
+    if stages:
+        console.print(_stage_grid(result["per_stage"]))
+
+
+def _stage_grid(per_stage: dict[str, dict[str, float]]) -> Table:
+    worlds = sorted({s.split("-")[0] for s in per_stage})
+    levels = sorted({s.split("-")[1] for s in per_stage})
+    grid = Table(title="clear rate / mean max x by world and stage")
+    grid.add_column("world")
+    for level in levels:
+        grid.add_column(f"stage {level}", justify="center")
+    for world in worlds:
+        cells = []
+        for level in levels:
+            stats = per_stage.get(f"{world}-{level}")
+            cells.append(
+                f"{stats['clear_rate']:.0%} / {stats['avg_max_x_pos']:.0f}" if stats else "-"
+            )
+        grid.add_row(world, *cells)
+    return grid
+
+
+def _has_display() -> bool:
+    return sys.platform in ("darwin", "win32") or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+
+
+def _render(
+    checkpoint: Path, overrides: dict[str, Any], greedy: bool, max_steps: int, seed: int, n: int
+) -> None:
+    if not _has_display():
+        raise MarioError(
+            "--render needs a display and none was found ($DISPLAY is not set); "
+            "use `mario record` to make a video instead"
+        )
+    from mario_cli.envs import make_env
+    from mario_cli.evaluation import load_agent, play_episode
+
+    try:
+        from nes_py._image_viewer import ImageViewer
+    except Exception as exc:
+        raise MarioError(f"cannot open a window ({exc}); use `mario record` instead") from None
+    agent = load_agent(checkpoint, overrides)
+    env = make_env(agent.cfg.env)
+    core = env.unwrapped
+    viewer = ImageViewer("mario eval", 240, 256)
+    core.on_frame = lambda frame: viewer.show(frame)
+    try:
+        for episode in range(n):
+            result = play_episode(agent, env, greedy, max_steps, seed + episode)
+            console.print(f"episode {episode + 1}: {result}", highlight=False)
+    finally:
+        viewer.close()
+        env.close()

@@ -1,0 +1,67 @@
+"""What a run folder says about itself: status, progress, last metrics, checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mario_cli.metrics import read_records
+from mario_cli.runs import RunPaths
+from mario_cli.training.checkpoint import CheckpointManager
+
+
+@dataclass
+class RunSummary:
+    name: str
+    path: str
+    algo: str | None
+    env_id: str | None
+    steps: int
+    total_timesteps: int | None
+    status: str  # running, finished, interrupted, failed, crashed, new
+    ep_rew_mean: float | None
+    avg_max_x_pos: float | None
+    clear_rate: float | None
+    best_checkpoint: str | None
+    checkpoints: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarise_run(run: RunPaths) -> RunSummary:
+    records = read_records(run.metrics) if run.metrics.is_file() else []
+    started = [r for r in records if r.get("type") == "RunStarted"]
+    iterations = [r for r in records if r.get("type") == "IterationStats"]
+    last_start = max(
+        (i for i, r in enumerate(records) if r.get("type") == "RunStarted"), default=-1
+    )
+    finished = [r for r in records[last_start + 1 :] if r.get("type") == "RunFinished"]
+    if run.running_pid() is not None:
+        status = "running"
+    elif finished:
+        status = finished[-1]["status"]
+    elif started:
+        status = "crashed"  # started, never said it finished, and nobody holds it
+    else:
+        status = "new"
+    last = iterations[-1]["metrics"] if iterations else {}
+    manager = CheckpointManager(run.root, keep=1_000_000)
+    checkpoints = [{"step": step, "path": str(path)} for step, path in manager.list()]
+    for special in (manager.best_path, manager.final_path):
+        if special.is_file():
+            checkpoints.append({"step": None, "path": str(special)})
+    return RunSummary(
+        name=run.name,
+        path=str(run.root),
+        algo=started[-1]["algo"] if started else None,
+        env_id=started[-1]["env_id"] if started else None,
+        steps=int(iterations[-1]["step"]) if iterations else 0,
+        total_timesteps=int(started[-1]["total_timesteps"]) if started else None,
+        status=status,
+        ep_rew_mean=last.get("rollout/ep_rew_mean"),
+        avg_max_x_pos=last.get("rollout/avg_max_x_pos"),
+        clear_rate=last.get("rollout/clear_rate"),
+        best_checkpoint=str(manager.best_path) if manager.best_path.is_file() else None,
+        checkpoints=checkpoints,
+    )
