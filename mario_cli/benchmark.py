@@ -6,10 +6,11 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
-from mario_cli.config import EnvConfig
+from mario_cli.config import EnvConfig, MarioConfig
 from mario_cli.envs import VectorEnv, make_env
 from mario_cli.envs.factory import stage_specs
 from mario_cli.envs.stages import action_bytes
@@ -109,3 +110,83 @@ def bench_env(
         scaling=round(vector / single, 3),
         cpu_count=os.cpu_count() or 1,
     )
+
+
+def env_ceiling_sps(cfg: EnvConfig, frames: int = 1500) -> tuple[float, float]:
+    """(bare emulator frames/s of one core, agent steps/s all cores could emulate)."""
+    raw = measure_raw_fps(cfg, frames)
+    return raw, raw * (os.cpu_count() or 1) / cfg.frame_skip
+
+
+def bench_mario_training(cfg: MarioConfig, steps: int) -> dict[str, object]:
+    """Train the given config for ``steps`` agent steps; steps/s and where the time went."""
+    import tempfile
+
+    from mario_cli.training.trainer import Trainer
+
+    rollout = cfg.algo.n_steps * cfg.env.n_envs
+    cfg.train.total_timesteps = max(rollout, (steps + rollout - 1) // rollout * rollout)
+    cfg.train.save_freq = 10**12
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.train.artifacts_dir = Path(tmp)
+        trainer = Trainer(cfg)
+        finished = trainer.train()
+    wall = trainer.loop_seconds
+    return {
+        "steps": finished.step,
+        "wall_seconds": round(wall, 3),
+        "sps": round(finished.step / wall, 2),
+        "breakdown": {k: round(v, 3) for k, v in trainer.timer.seconds.items()},
+    }
+
+
+def bench_sb3_training(cfg: MarioConfig, steps: int) -> dict[str, object]:
+    """Stable-Baselines3 PPO, classic settings, same env count, for ``steps`` agent steps."""
+    import tempfile
+
+    from mario_cli.baselines.sb3_ppo import run_sb3_ppo
+
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = run_sb3_ppo(cfg.env.env_id, cfg.env.n_envs, steps, Path(tmp), seed=cfg.train.seed)
+    return {"steps": int(summary["global_step"]), "sps": round(summary["sps"], 2)}
+
+
+def bench_train(
+    cfg: MarioConfig,
+    steps: int,
+    vs_sb3: bool = False,
+    rounds: int = 1,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, object]:
+    """mario (and optionally SB3) training throughput, alternating runs when comparing."""
+    progress("bare emulator")
+    raw_fps, ceiling = env_ceiling_sps(cfg.env)
+    mario_runs, sb3_runs = [], []
+    for round_index in range(rounds):
+        progress(f"mario training, round {round_index + 1}/{rounds}")
+        mario_runs.append(bench_mario_training(cfg.model_copy(deep=True), steps))
+        if vs_sb3:
+            progress(f"Stable-Baselines3 PPO, round {round_index + 1}/{rounds}")
+            sb3_runs.append(bench_sb3_training(cfg, steps))
+    sps = float(np.mean([r["sps"] for r in mario_runs]))
+    breakdown = {
+        phase: round(float(np.mean([r["breakdown"][phase] for r in mario_runs])), 3)
+        for phase in mario_runs[0]["breakdown"]
+    }
+    result: dict[str, object] = {
+        "sps": round(sps, 2),
+        "env_ceiling_sps": round(ceiling, 2),
+        "ratio_to_ceiling": round(sps / ceiling, 3),
+        "breakdown": breakdown,
+        "wall_seconds": round(float(np.mean([r["wall_seconds"] for r in mario_runs])), 3),
+        "steps": mario_runs[0]["steps"],
+        "raw_fps": round(raw_fps, 1),
+        "n_envs": cfg.env.n_envs,
+        "cpu_count": os.cpu_count() or 1,
+        "rounds": rounds,
+    }
+    if vs_sb3:
+        sb3_sps = float(np.mean([r["sps"] for r in sb3_runs]))
+        result["sb3_sps"] = round(sb3_sps, 2)
+        result["ratio_vs_sb3"] = round(sps / sb3_sps, 3)
+    return result

@@ -72,3 +72,42 @@ def sb3(
             env_id, n_envs, total_timesteps, artifacts_dir, minutes, seed, run_name
         )
     console.print_json(data=summary)
+
+
+@app.command("train")
+def train(
+    steps: int = typer.Option(4096, "--steps", help="Agent steps of training to time."),
+    vs_sb3: bool = typer.Option(False, "--vs-sb3", help="Also time Stable-Baselines3 PPO."),
+    rounds: int = typer.Option(1, "--rounds", help="Alternating rounds (mario, SB3, ...)."),
+    config: Path | None = config_path_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Training steps/s of the default config, where the time goes, and vs SB3."""
+    from mario_cli.benchmark import bench_train
+
+    if steps < 1 or rounds < 1:
+        raise ConfigError("--steps and --rounds must be at least 1")
+    if vs_sb3:
+        from mario_cli.baselines.sb3_ppo import _require_sb3
+
+        _require_sb3()
+    cfg = load_config(config, {"ui": {"ui": "quiet"}})
+    with console.status("measuring", spinner="dots") as status:
+        result = bench_train(cfg, steps, vs_sb3, rounds, lambda what: status.update(what))
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(
+        title=f"mario bench train ({result['steps']:,} steps, {result['cpu_count']} cores)"
+    )
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("training steps/s", f"{result['sps']:,.1f}")
+    table.add_row("emulator ceiling steps/s", f"{result['env_ceiling_sps']:,.1f}")
+    table.add_row("ratio to ceiling", f"{result['ratio_to_ceiling']:.2f}")
+    for phase, seconds in result["breakdown"].items():
+        table.add_row(f"  {phase} (s)", f"{seconds:.1f}")
+    if vs_sb3:
+        table.add_row("Stable-Baselines3 steps/s", f"{result['sb3_sps']:,.1f}")
+        table.add_row("ratio vs SB3", f"{result['ratio_vs_sb3']:.2f}")
+    console.print(table)

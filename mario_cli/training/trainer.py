@@ -99,6 +99,29 @@ class TrainingControl:
             time.sleep(0.1)
 
 
+class PhaseTimer:
+    """Wall-clock seconds spent per phase of the loop (for `mario bench train`)."""
+
+    PHASES = ("env_wait", "inference", "update", "logging")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        self._open: str | None = None
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        if self._open is not None:  # nested (a save inside logging): the outer one counts
+            yield
+            return
+        self._open = phase
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+            self._open = None
+
+
 class Trainer:
     """One training run, new or resumed from a checkpoint."""
 
@@ -120,11 +143,14 @@ class Trainer:
         self.episodes: deque[dict[str, Any]] = deque(maxlen=EPISODE_WINDOW)
         self.run: RunPaths | None = None
         self.venv: VectorEnv | None = None
+        self.timer = PhaseTimer()
+        self.loop_seconds = 0.0
 
     # ----------------------------------------------------------------- events
     def emit(self, event: Event) -> None:
-        for sink in self.sinks:
-            sink(event)
+        with self.timer("logging"):
+            for sink in self.sinks:
+                sink(event)
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -286,6 +312,7 @@ class Trainer:
         except BaseException:
             self._close()
             raise
+        loop_start = time.perf_counter()
         try:
             finished = self._loop()
         except NonFiniteLossError as exc:
@@ -305,6 +332,7 @@ class Trainer:
                     self.save("crash")
             self._close()
             raise
+        self.loop_seconds = time.perf_counter() - loop_start
         self._close()
         self.emit(finished)
         return finished
@@ -326,7 +354,8 @@ class Trainer:
             batch, next_obs, starts = self._collect(next_obs, starts)
             if batch is None:
                 return self._interrupted()
-            metrics = self.algorithm.update(batch)
+            with self.timer("update"):
+                metrics = self.algorithm.update(batch)
             self.global_step += rollout_size
             self.iteration += 1
             elapsed = time.perf_counter() - start_time
@@ -338,12 +367,13 @@ class Trainer:
             self.emit(IterationStats(self.global_step, self.iteration, total, metrics))
             if self.on_iteration is not None:
                 self.on_iteration(self.global_step, metrics)
-            if self.global_step >= next_save:
-                self.save("periodic")
-                next_save += cfg.train.save_freq
-            if self.control.take_save_request():
-                self.save("manual")
-            self._maybe_save_best(metrics)
+            with self.timer("logging"):
+                if self.global_step >= next_save:
+                    self.save("periodic")
+                    next_save += cfg.train.save_freq
+                if self.control.take_save_request():
+                    self.save("manual")
+                self._maybe_save_best(metrics)
 
         path = self.checkpoints.save_final(self._payload())
         self.emit(CheckpointSaved(self.global_step, str(path), "final"))
@@ -392,9 +422,11 @@ class Trainer:
                 self.storage.step = 0
                 self.policy.train()
                 return None, obs, starts
-            with self.optimiser.autocast():
+            with self.timer("inference"), self.optimiser.autocast():
                 actions, log_probs, values, _ = self.policy.act(obs)
-            next_obs, rewards, terminated, truncated, infos = self.venv.step(actions.cpu().numpy())
+                actions_np = actions.cpu().numpy()
+            with self.timer("env_wait"):
+                next_obs, rewards, terminated, truncated, infos = self.venv.step(actions_np)
             rewards_t = torch.from_numpy(rewards).to(self.device)
             cut = np.flatnonzero(truncated & ~terminated)
             if cut.size:

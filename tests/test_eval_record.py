@@ -1,0 +1,202 @@
+"""eval, record, plot and runs on a tiny model trained on the real emulator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+from mario_cli.config import load_config
+from mario_cli.envs import make_env
+from mario_cli.errors import MarioError
+from mario_cli.evaluation import evaluate, find_model, load_agent, play_episode
+from mario_cli.training.trainer import Trainer
+from tests.conftest import run_mario
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two tiny runs under one artifacts folder; returns the folder."""
+    artifacts = tmp_path_factory.mktemp("eval") / "artifacts"
+    for name in ("tiny-a", "tiny-b"):
+        cfg = load_config(
+            cli_overrides={
+                "env": {"n_envs": 2, "no_progress_terminate_steps": 60},
+                "algo": {"n_steps": 16, "batch_size": 32, "n_epochs": 1},
+                "train": {"total_timesteps": 64, "artifacts_dir": str(artifacts), "run_name": name},
+            },
+            environ={},
+        )
+        Trainer(cfg).train()
+    return artifacts
+
+
+def test_eval_json_keys_and_consistency(trained: Path) -> None:
+    result = run_mario(
+        "eval", "tiny-a", "--episodes", "3", "--json", "--artifacts-dir", str(trained)
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    keys = {"model", "episodes", "avg_reward", "avg_max_x_pos", "clear_rate", "avg_length"}
+    assert keys | {"per_episode", "per_stage"} <= set(data)
+    episodes = data["per_episode"]
+    assert data["episodes"] == len(episodes) == 3
+    assert data["avg_reward"] == pytest.approx(np.mean([e["return"] for e in episodes]))
+    assert data["avg_max_x_pos"] == pytest.approx(np.mean([e["max_x_pos"] for e in episodes]))
+    assert data["clear_rate"] == pytest.approx(np.mean([e["cleared"] for e in episodes]))
+    assert data["avg_length"] == pytest.approx(np.mean([e["length"] for e in episodes]))
+    assert data["model"].endswith("final.pt")
+
+
+def test_greedy_eval_with_a_seed_is_reproducible(trained: Path) -> None:
+    model = find_model("tiny-a", trained)
+    first = evaluate(model, 2, greedy=True, seed=5, workers=2)
+    second = evaluate(model, 2, greedy=True, seed=5, workers=1)
+    assert first["per_episode"] == second["per_episode"]
+
+
+def test_always_right_policy_max_x_is_what_the_emulator_reports(trained: Path) -> None:
+    agent = load_agent(find_model("tiny-a", trained))
+    agent.act = lambda obs, state, start, greedy: (1, 0.0, None)  # scripted: always right
+    env = make_env(agent.cfg.env)
+    xs: list[int] = []
+    result = play_episode(agent, env, True, 500, 0, lambda s: xs.append(s["info"]["x_pos"]))
+    assert result["max_x_pos"] == max(xs)
+    assert 250 < result["max_x_pos"] < 400  # walking right dies at the first goomba
+    assert result["cleared"] is False
+
+
+def test_stages_fill_per_stage_entries(trained: Path) -> None:
+    result = evaluate(find_model("tiny-a", trained), 1, stages=["1-1", "1-2"], workers=2)
+    assert set(result["per_stage"]) == {"1-1", "1-2"}
+    assert [e["stage"] for e in result["per_episode"]] == ["1-1", "1-2"]
+    for stage in ("1-1", "1-2"):
+        assert result["per_stage"][stage]["episodes"] == 1
+
+
+def test_record_writes_an_mp4_of_duration_times_fps_frames(trained: Path, tmp_path: Path) -> None:
+    output = tmp_path / "clip.mp4"
+    result = run_mario(
+        "record",
+        "tiny-a",
+        "--duration",
+        "2",
+        "--fps",
+        "15",
+        "--scale",
+        "2",
+        "--overlay",
+        "--output",
+        str(output),
+        "--artifacts-dir",
+        str(trained),
+    )
+    assert result.returncode == 0, result.stderr
+    reader = imageio_ffmpeg.read_frames(str(output))
+    meta = next(reader)
+    frames = sum(1 for _ in reader)
+    assert meta["size"] == (512, 480)
+    assert abs(frames - 30) <= 1
+    assert not list(tmp_path.glob("*.partial.mp4"))
+
+
+def test_record_falls_back_to_png_frames(trained: Path, tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from mario_cli import recording
+    from mario_cli.cli import app
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("encoder exploded")
+
+    monkeypatch.setattr(recording, "write_mp4", broken)
+    output = tmp_path / "clip.mp4"
+    result = CliRunner().invoke(
+        app,
+        [
+            "record",
+            "tiny-a",
+            "--duration",
+            "1",
+            "--fps",
+            "10",
+            "--output",
+            str(output),
+            "--artifacts-dir",
+            str(trained),
+        ],
+    )
+    assert isinstance(result.exception, MarioError)
+    message = str(result.exception)
+    folder = tmp_path / "clip_frames"
+    assert "encoder exploded" in message and str(folder) in message
+    assert "ffmpeg -framerate 10" in message
+    assert len(list(folder.glob("frame_*.png"))) == 10
+    assert not output.exists()
+
+
+def test_plot_writes_a_png_for_two_runs(trained: Path, tmp_path: Path) -> None:
+    output = tmp_path / "compare.png"
+    result = run_mario(
+        "plot",
+        "tiny-a",
+        "tiny-b",
+        "--metric",
+        "rollout/avg_max_x_pos",
+        "--x",
+        "time",
+        "--output",
+        str(output),
+        "--artifacts-dir",
+        str(trained),
+    )
+    assert result.returncode == 0, result.stderr
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert output.stat().st_size > 10_000
+
+
+def test_runs_json_lists_steps_and_status(trained: Path) -> None:
+    result = run_mario("runs", "--json", "--artifacts-dir", str(trained))
+    assert result.returncode == 0, result.stderr
+    runs = {r["name"]: r for r in json.loads(result.stdout)}
+    assert set(runs) == {"tiny-a", "tiny-b"}
+    for run in runs.values():
+        assert run["steps"] == 64 and run["total_timesteps"] == 64
+        assert run["status"] == "finished" and run["algo"] == "ppo"
+    one = run_mario("runs", "tiny-a", "--json", "--artifacts-dir", str(trained))
+    detail = json.loads(one.stdout)
+    assert "[algo]" in detail["config"]
+    assert any(c["path"].endswith("final.pt") for c in detail["checkpoints"])
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["eval", "no-such-run"], "no run 'no-such-run'"),
+        (["eval", "missing.pt"], "not found"),
+        (["eval", "tiny-a", "--env-id", "SuperMarioBros-9-1-v0"], "unknown env id"),
+        (["eval", "tiny-a", "--movement", "complex"], "disagrees with the checkpoint"),
+        (["record", "tiny-a", "--output", "/proc/nope/x.mp4"], "cannot create"),
+        (["record", "tiny-a", "--output", "clip.avi"], "must end in .mp4"),
+        (["plot", "tiny-a", "--x", "epochs"], "--x"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(
+    trained: Path, args: list[str], expected: str
+) -> None:
+    result = run_mario(*args, "--artifacts-dir", str(trained))
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_model_is_one_line(trained: Path, tmp_path: Path) -> None:
+    corrupt = tmp_path / "bad.pt"
+    corrupt.write_bytes(b"garbage")
+    result = run_mario("eval", str(corrupt))
+    assert result.returncode == 1 and str(corrupt) in result.stderr
+    assert "Traceback" not in result.stderr
