@@ -51,8 +51,10 @@ def register_recurrent_cores(register: Any) -> None:
 def register_algorithms(register: Any) -> None:
     """Register learning algorithms (ppo, a2c, impala).
 
-    Call ``register(name, factory)`` where ``factory(policy, cfg: MarioConfig)``
-    returns an object with ``update(batch) -> dict[str, float]``.
+    Call ``register(name, factory)`` where
+    ``factory(policy, cfg: MarioConfig, optimiser, replay=None)`` returns an object
+    with ``update(batch: RolloutBatch) -> dict[str, float]``, ``state_dict()`` and
+    ``load_state_dict(state)``. ``replay`` is the configured replay strategy or None.
     """
 
 
@@ -60,8 +62,10 @@ def register_algorithms(register: Any) -> None:
 def register_replay(register: Any) -> None:
     """Register replay strategies (uniform, prioritized).
 
-    Call ``register(name, factory)`` where ``factory(cfg: ReplayConfig)``
-    returns a replay strategy.
+    Call ``register(name, factory)`` where
+    ``factory(cfg: ReplayConfig, obs_shape: tuple[int, ...], seed: int)`` returns a
+    strategy with ``add``, ``sample(batch_size, progress, device)``,
+    ``update_priorities(indices, errors)`` and ``__len__``.
     """
 
 

@@ -16,7 +16,7 @@ from mario_cli.events import (
     RunStarted,
 )
 
-GROUPS = ("rollout", "time", "train")
+GROUPS = ("rollout", "time", "train", "replay")
 
 
 def metrics_table(metrics: dict[str, float], title: str | None = None) -> Table:

@@ -7,7 +7,6 @@ from typing import Any
 import torch
 
 from mario_cli.config import MarioConfig
-from mario_cli.errors import ConfigError
 from mario_cli.plugins import get_host
 
 
@@ -31,12 +30,26 @@ def build_policy(
     core = None
     if cfg.model.recurrent != "none":
         core = host["recurrent_cores"].get(cfg.model.recurrent)(backbone.out_features, cfg.model)
-    if cfg.model.noisy:
-        raise ConfigError("--noisy heads are not available yet; run without --noisy")
-    policy = ActorCritic(backbone, n_actions, core)
+    policy = ActorCritic(
+        backbone, n_actions, core, noisy=cfg.model.noisy, sigma0=cfg.model.noisy_sigma0
+    )
     return policy.to(device), name
 
 
-def build_algorithm(cfg: MarioConfig, policy: torch.nn.Module, optimiser: Any) -> Any:
-    factory = get_host()["algorithms"].get(cfg.algo.algo)
-    return factory(policy, cfg, optimiser)
+def replay_name(cfg: MarioConfig) -> str | None:
+    """The replay strategy in use: --per means prioritized; "none" means no replay."""
+    if cfg.replay.per:
+        return "prioritized"
+    return None if cfg.replay.replay == "none" else cfg.replay.replay
+
+
+def build_algorithm(
+    cfg: MarioConfig, policy: torch.nn.Module, optimiser: Any, obs_shape: tuple[int, ...]
+) -> Any:
+    host = get_host()
+    factory = host["algorithms"].get(cfg.algo.algo)
+    name = replay_name(cfg)
+    replay = None
+    if name is not None:
+        replay = host["replay"].get(name)(cfg.replay, obs_shape, cfg.train.seed)
+    return factory(policy, cfg, optimiser, replay)

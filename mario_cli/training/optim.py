@@ -55,18 +55,24 @@ class Optimiser:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate one minibatch; step every ``grad_accum_steps`` minibatches."""
+        self.accumulate(loss / self.cfg.grad_accum_steps)
+        if self._pending >= self.cfg.grad_accum_steps:
+            self.step()
+
+    def accumulate(self, loss: torch.Tensor) -> None:
+        """Backpropagate without stepping (the caller scales the loss and calls step)."""
         if not torch.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(
                 f"the loss became {loss.item()}; the update was refused and the last good "
                 "checkpoint is kept. Try a lower --learning-rate or --max-grad-norm"
             )
-        self.scaler.scale(loss / self.cfg.grad_accum_steps).backward()
+        self.scaler.scale(loss).backward()
         self._pending += 1
-        if self._pending >= self.cfg.grad_accum_steps:
-            self._step()
 
-    def _step(self) -> None:
+    def step(self) -> None:
+        """Clip the accumulated gradients and apply them."""
         self.scaler.unscale_(self.optimizer)
         norm = nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.last_grad_norm = float(norm)
@@ -78,7 +84,7 @@ class Optimiser:
     def end_update(self) -> None:
         """Apply a partial accumulation, then advance the schedule by one update."""
         if self._pending:
-            self._step()
+            self.step()
         self.scheduler.step()
 
     def state_dict(self) -> dict[str, Any]:

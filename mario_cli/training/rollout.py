@@ -28,6 +28,7 @@ class RolloutBatch:
     last_obs: torch.Tensor  # (N, *obs_shape)
     initial_state: Any = None  # recurrent state at t=0 (recurrent cores)
     starts: torch.Tensor | None = None  # (T, N): 1 where an episode starts at t
+    progress: float = 0.0  # share of total_timesteps done (schedules such as PER's beta)
 
     @property
     def num_steps(self) -> int:

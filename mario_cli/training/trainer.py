@@ -179,7 +179,7 @@ class Trainer:
         self.optimiser = Optimiser(
             self.policy.parameters(), cfg.algo, total_updates, self.device, amp_dtype, use_scaler
         )
-        self.algorithm = build_algorithm(cfg, self.policy, self.optimiser)
+        self.algorithm = build_algorithm(cfg, self.policy, self.optimiser, self.obs_shape)
         self.storage = RolloutStorage(cfg.algo.n_steps, cfg.env.n_envs, self.obs_shape, self.device)
 
         if resumed is not None:
@@ -354,6 +354,7 @@ class Trainer:
             batch, next_obs, starts = self._collect(next_obs, starts)
             if batch is None:
                 return self._interrupted()
+            batch.progress = self.global_step / total
             with self.timer("update"):
                 metrics = self.algorithm.update(batch)
             self.global_step += rollout_size

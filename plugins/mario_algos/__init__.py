@@ -10,12 +10,19 @@ from typing import Any
 from mario_cli.hookspecs import hookimpl
 
 
-def make_ppo(policy: Any, cfg: Any, optimiser: Any) -> Any:
+def make_ppo(policy: Any, cfg: Any, optimiser: Any, replay: Any = None) -> Any:
     from mario_algos.ppo import PPO
 
-    return PPO(policy, cfg, optimiser)
+    return PPO(policy, cfg, optimiser, replay)
+
+
+def make_a2c(policy: Any, cfg: Any, optimiser: Any, replay: Any = None) -> Any:
+    from mario_algos.a2c import A2C
+
+    return A2C(policy, cfg, optimiser, replay)
 
 
 @hookimpl
 def register_algorithms(register: Any) -> None:
     register("ppo", make_ppo)
+    register("a2c", make_a2c)

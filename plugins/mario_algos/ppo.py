@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mario_algos.offpolicy import add_to_replay, replay_update
 from mario_algos.returns import explained_variance, gae
 from mario_cli.config import MarioConfig
 from mario_cli.training.optim import Optimiser
@@ -20,10 +21,14 @@ class PPO:
     once a minibatch's approximate KL exceeds 1.5 x target_kl.
     """
 
-    def __init__(self, policy: torch.nn.Module, cfg: MarioConfig, optimiser: Optimiser) -> None:
+    def __init__(
+        self, policy: torch.nn.Module, cfg: MarioConfig, optimiser: Optimiser, replay: Any = None
+    ) -> None:
         self.policy = policy
         self.cfg = cfg.algo
+        self.replay_cfg = cfg.replay
         self.optimiser = optimiser
+        self.replay = replay
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.cfg
@@ -83,9 +88,21 @@ class PPO:
                 self.optimiser.backward(loss)
             if stopped_early:
                 break
+        metrics: dict[str, float] = {}
+        if self.replay is not None:
+            add_to_replay(self.replay, obs, actions, old_log_probs, returns, advantages)
+            metrics = replay_update(
+                self.policy,
+                self.optimiser,
+                self.replay,
+                cfg,
+                self.replay_cfg.replay_batch_size,
+                batch.progress,
+                obs.device,
+            )
         learning_rate = self.optimiser.learning_rate
         self.optimiser.end_update()
-        return {
+        return metrics | {
             "train/approx_kl": float(np.mean(kls)),
             "train/clip_fraction": float(np.mean(clip_fractions)),
             "train/clip_range": cfg.clip_range,

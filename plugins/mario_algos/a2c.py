@@ -1,0 +1,93 @@
+"""A2C: synchronous advantage actor-critic (the batched member of the A3C family).
+
+One gradient step per rollout on the whole batch, with GAE(lambda) returns
+(lambda = 1 gives the classic n-step returns of A3C).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mario_algos.offpolicy import add_to_replay, replay_update
+from mario_algos.returns import explained_variance, gae
+from mario_cli.config import MarioConfig
+from mario_cli.training.optim import Optimiser
+from mario_cli.training.rollout import RolloutBatch
+
+
+class A2C:
+    def __init__(
+        self, policy: torch.nn.Module, cfg: MarioConfig, optimiser: Optimiser, replay: Any = None
+    ) -> None:
+        self.policy = policy
+        self.cfg = cfg.algo
+        self.replay_cfg = cfg.replay
+        self.optimiser = optimiser
+        self.replay = replay
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        cfg = self.cfg
+        advantages, returns = gae(
+            batch.rewards, batch.values, batch.dones, batch.last_value, cfg.gamma, cfg.gae_lambda
+        )
+        n = batch.num_steps * batch.num_envs
+        obs = batch.obs.reshape(n, *batch.obs.shape[2:])
+        actions = batch.actions.reshape(n)
+        advantages, returns = advantages.reshape(n), returns.reshape(n)
+        totals = {"pg": 0.0, "value": 0.0, "entropy": 0.0, "loss": 0.0}
+        # Chunks only bound memory: their losses add up to one full-batch gradient step.
+        for start in range(0, n, cfg.batch_size):
+            idx = slice(start, start + cfg.batch_size)
+            share = (min(n, start + cfg.batch_size) - start) / n
+            with self.optimiser.autocast():
+                log_probs, entropy, values = self.policy.evaluate_actions(obs[idx], actions[idx])
+            adv = advantages[idx]
+            pg_loss = -(adv * log_probs.float()).mean()
+            value_loss = (returns[idx] - values.float()).pow(2).mean()
+            entropy_mean = entropy.float().mean()
+            loss = pg_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy_mean
+            self.optimiser.accumulate(loss * share)
+            for key, value in (
+                ("pg", pg_loss),
+                ("value", value_loss),
+                ("entropy", entropy_mean),
+                ("loss", loss),
+            ):
+                totals[key] += float(value.item()) * share
+        self.optimiser.step()
+        metrics = {}
+        if self.replay is not None:
+            add_to_replay(
+                self.replay, obs, actions, batch.log_probs.reshape(n), returns, advantages
+            )
+            metrics = replay_update(
+                self.policy,
+                self.optimiser,
+                self.replay,
+                cfg,
+                self.replay_cfg.replay_batch_size,
+                batch.progress,
+                obs.device,
+            )
+        learning_rate = self.optimiser.learning_rate
+        self.optimiser.end_update()
+        metrics.update(
+            {
+                "train/entropy_loss": -totals["entropy"],
+                "train/explained_variance": explained_variance(batch.values.reshape(n), returns),
+                "train/learning_rate": learning_rate,
+                "train/loss": totals["loss"],
+                "train/policy_gradient_loss": totals["pg"],
+                "train/value_loss": totals["value"],
+                "train/grad_norm": self.optimiser.last_grad_norm,
+            }
+        )
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -1,0 +1,66 @@
+"""The extra update from a replay strategy, corrected for being off-policy.
+
+Replayed transitions were collected by older policies: the policy-gradient term
+is weighted by the clipped importance ratio min(rho_clip, pi/mu) (detached, as in
+V-trace's truncated ratios) and by the replay's importance weights (prioritized
+sampling bias); the value term regresses the stored return targets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from mario_cli.training.optim import Optimiser
+
+RHO_CLIP = 1.0
+
+
+def add_to_replay(
+    replay: Any,
+    obs: torch.Tensor,
+    actions: torch.Tensor,
+    log_probs: torch.Tensor,
+    returns: torch.Tensor,
+    advantages: torch.Tensor,
+) -> None:
+    replay.add(obs, actions, log_probs, returns, advantages)
+
+
+def replay_update(
+    policy: torch.nn.Module,
+    optimiser: Optimiser,
+    replay: Any,
+    cfg: Any,
+    batch_size: int,
+    progress: float,
+    device: torch.device,
+) -> dict[str, float]:
+    """One weighted update on a replay sample; returns replay/* metrics."""
+    if len(replay) < batch_size:
+        return {}
+    sample = replay.sample(batch_size, progress, device)
+    with optimiser.autocast():
+        log_probs, entropy, values = policy.evaluate_actions(sample.obs, sample.actions)
+    log_probs, entropy, values = log_probs.float(), entropy.float(), values.float()
+    with torch.no_grad():
+        ratio = (log_probs - sample.behaviour_log_probs).exp()
+        clipped = ratio.clamp(max=RHO_CLIP)
+    weights = sample.weights
+    pg_loss = -(weights * clipped * sample.advantages * log_probs).mean()
+    value_loss = (weights * (sample.returns - values).pow(2)).mean()
+    loss = pg_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy.mean()
+    optimiser.accumulate(loss)
+    optimiser.step()
+    errors = (sample.returns - values).detach().cpu().numpy()
+    replay.update_priorities(sample.indices, errors)
+    return {
+        "replay/policy_loss": float(pg_loss.item()),
+        "replay/value_loss": float(value_loss.item()),
+        "replay/mean_ratio": float(clipped.mean().item()),
+        "replay/mean_weight": float(weights.mean().item()),
+        "replay/size": float(len(replay)),
+        "replay/priority_spread": float(np.ptp(np.abs(errors))) if len(errors) else 0.0,
+    }
