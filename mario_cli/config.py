@@ -103,7 +103,18 @@ class ModelConfig(Section):
     )
     impala_blocks: int = Field(2, ge=0, description="Residual blocks per IMPALA stage.")
     recurrent: str = Field("none", description="Recurrent core: none, gru, lstm, transformer.")
+    recurrent_hidden: int = Field(
+        0, ge=0, description="Core width: GRU/LSTM hidden, transformer d_model (0: hidden_size)."
+    )
+    transformer_window: int = Field(16, ge=1, description="Transformer core: steps it attends to.")
+    transformer_layers: int = Field(2, ge=1, description="Transformer core: encoder layers.")
+    transformer_heads: int = Field(
+        4, ge=1, description="Transformer core: attention heads (must divide its width)."
+    )
     noisy: bool = Field(False, description="NoisyLinear actor and critic heads.")
+    noisy_sigma0: float = Field(
+        0.5, gt=0, description="NoisyLinear initial noise scale (sigma = sigma0 / sqrt(fan_in))."
+    )
 
 
 class AlgoConfig(Section):
@@ -158,13 +169,46 @@ class TrainConfig(Section):
 
 
 class UiConfig(Section):
-    ui: Literal["auto", "tui", "plain", "quiet"] = Field("auto", description="Training display.")
-    kl_warn: float = Field(0.05, description="approx_kl above this is a warning.")
-    kl_bad: float = Field(0.15, description="approx_kl above this is bad.")
-    entropy_warn: float = Field(0.3, description="Entropy (nats) below this is a warning.")
-    entropy_bad: float = Field(0.1, description="Entropy (nats) below this is bad.")
-    stall_iterations: int = Field(5, description="Iterations of ~zero updates before a hint.")
-    plateau_episodes: int = Field(50, description="Episodes at the same max x before a hint.")
+    ui: Literal["auto", "tui", "plain", "quiet"] = Field(
+        "auto", description="Training display (auto: tui on a terminal, else plain)."
+    )
+    kl_warn: float = Field(0.05, ge=0, description="approx_kl above this is a warning.")
+    kl_bad: float = Field(0.15, ge=0, description="approx_kl above this is bad.")
+    kl_iterations: int = Field(3, ge=1, description="Iterations above kl_bad before a hint.")
+    clip_fraction_warn: float = Field(0.3, ge=0, description="clip_fraction above this: warning.")
+    clip_fraction_bad: float = Field(0.5, ge=0, description="clip_fraction above this is bad.")
+    entropy_warn: float = Field(0.3, ge=0, description="Entropy (nats) below this is a warning.")
+    entropy_bad: float = Field(0.1, ge=0, description="Entropy (nats) below this is bad.")
+    entropy_iterations: int = Field(
+        3, ge=1, description="Iterations below entropy_bad before a hint."
+    )
+    explained_variance_warn: float = Field(
+        0.2, description="explained_variance below this is a warning."
+    )
+    explained_variance_bad: float = Field(0.0, description="explained_variance below this: bad.")
+    explained_variance_zero: float = Field(
+        0.05, ge=0, description="|explained_variance| below this counts as near 0."
+    )
+    explained_variance_iterations: int = Field(
+        30, ge=1, description="Iterations of near-0 explained_variance before a hint."
+    )
+    value_loss_warn: float = Field(2.0, ge=0, description="value_loss above this is a warning.")
+    value_loss_bad: float = Field(10.0, ge=0, description="value_loss above this is bad.")
+    stall_iterations: int = Field(5, ge=1, description="Iterations of ~zero updates before a hint.")
+    stall_kl: float = Field(1e-5, ge=0, description="approx_kl below this counts as no update.")
+    stall_policy_loss: float = Field(
+        1e-4, ge=0, description="|policy_gradient_loss| below this counts as no update."
+    )
+    plateau_episodes: int = Field(50, ge=2, description="Episodes at the same max x before a hint.")
+    plateau_tolerance: int = Field(
+        16, ge=0, description="Pixels within which episodes' max x count as the same."
+    )
+    plateau_share: float = Field(
+        0.8, gt=0, le=1, description="Share of plateau_episodes that must end at that x."
+    )
+    hint_cooldown: int = Field(
+        50, ge=1, description="Iterations before a hint that keeps firing is shown again."
+    )
 
 
 class TuneConfig(Section):

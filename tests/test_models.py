@@ -235,3 +235,132 @@ def test_adam_step_changes_parameters(name: str) -> None:
     # The step moves values towards the target and favours the positive-advantage action.
     assert (new_values - values).mean() > 0
     assert (new_log_probs - log_probs)[3] > 0
+
+
+# Recurrent cores inside the actor-critic.
+
+CORE_NAMES = ["gru", "lstm", "transformer"]
+
+
+def _core_cfg(**overrides: Any) -> Any:
+    from mario_cli.config import ModelConfig
+
+    fields = {"recurrent_hidden": 16, "transformer_window": 3, "transformer_heads": 2}
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def _recurrent_policy(core_name: str, n_actions: int = 5) -> ActorCritic:
+    from mario_models import register_recurrent_cores
+
+    cores: dict[str, Any] = {}
+    register_recurrent_cores(register=lambda name, factory: cores.__setitem__(name, factory))
+    torch.manual_seed(0)
+    backbone = NatureCNN(OBS_SHAPE, 32)
+    return ActorCritic(backbone, n_actions, core=cores[core_name](32, _core_cfg()))
+
+
+def _sequence(steps: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    obs = torch.stack([_obs(batch, seed=t) for t in range(steps)])
+    actions = torch.randint(0, 5, (steps, batch), generator=torch.Generator().manual_seed(9))
+    dones = torch.zeros(steps, batch)
+    dones[2, 0] = 1
+    dones[3, 1] = 1
+    return obs, actions, dones
+
+
+def test_initial_state_is_none_without_core() -> None:
+    assert _policy("nature").initial_state(3, "cpu") is None
+
+
+@pytest.mark.parametrize("core_name", CORE_NAMES)
+def test_act_with_core_returns_new_state(core_name: str) -> None:
+    policy = _recurrent_policy(core_name)
+    state = policy.initial_state(3, "cpu")
+    with torch.no_grad():
+        actions, log_probs, values, new_state = policy.act(_obs(3), state, torch.ones(3))
+        out = policy(_obs(3), state, torch.ones(3))
+    assert actions.shape == log_probs.shape == values.shape == (3,)
+    assert out.features.shape == (3, 16)
+    if core_name == "gru":
+        assert isinstance(new_state, torch.Tensor) and new_state.shape == (1, 3, 16)
+    elif core_name == "lstm":
+        h, c = new_state
+        assert h.shape == c.shape == (1, 3, 16)
+    else:
+        window, count = new_state
+        assert window.shape == (3, 3, 32) and count.tolist() == [1, 1, 1]
+    # The state carries memory: the next step differs from a fresh start.
+    with torch.no_grad():
+        carried = policy(_obs(3, seed=1), new_state, torch.zeros(3)).logits
+        fresh = policy(_obs(3, seed=1), None, None).logits
+    assert not torch.allclose(carried, fresh)
+
+
+@pytest.mark.parametrize("core_name", CORE_NAMES)
+def test_evaluate_sequence_equals_stepping(core_name: str) -> None:
+    policy = _recurrent_policy(core_name)
+    steps, batch = 5, 2
+    obs, actions, dones = _sequence(steps, batch)
+    with torch.no_grad():
+        _, _, _, initial = policy.act(_obs(batch, seed=20), None, None)
+    log_probs, entropy, values = policy.evaluate_sequence(obs, actions, initial, dones)
+    assert log_probs.shape == entropy.shape == values.shape == (steps, batch)
+    assert log_probs.requires_grad and values.requires_grad
+    state = initial
+    for t in range(steps):
+        out = policy(obs[t], state, dones[t])
+        state = out.state
+        expected = torch.log_softmax(out.logits, -1).gather(1, actions[t, :, None]).squeeze(1)
+        torch.testing.assert_close(log_probs[t], expected)
+        torch.testing.assert_close(values[t], out.value)
+    # The initial state matters: a fresh start gives other values.
+    fresh = policy(obs[0], None, None).value
+    assert not torch.allclose(fresh, values[0])
+    (log_probs.sum() + values.sum()).backward()
+    assert all(p.grad is not None for p in policy.core.parameters())
+
+
+def test_evaluate_sequence_without_core_equals_evaluate_actions() -> None:
+    policy = _policy("nature", n_actions=5)
+    obs, actions, dones = _sequence(4, 2)
+    log_probs, entropy, values = policy.evaluate_sequence(obs, actions, None, dones)
+    flat = policy.evaluate_actions(obs.flatten(0, 1), actions.flatten())
+    for got, want in zip((log_probs, entropy, values), flat, strict=True):
+        torch.testing.assert_close(got, want.view(4, 2))
+
+
+def test_evaluate_sequence_steps_cores_without_forward_sequence() -> None:
+    class CountingCore(nn.Module):
+        out_features = 32
+
+        def forward(self, features, state, done):
+            state = torch.zeros(features.shape[0]) if state is None else state
+            state = state * (1 - done) + 1
+            return features * state[:, None], state
+
+    torch.manual_seed(0)
+    policy = ActorCritic(NatureCNN(OBS_SHAPE, 32), 5, core=CountingCore())
+    obs, actions, dones = _sequence(4, 2)
+    log_probs, _, values = policy.evaluate_sequence(obs, actions, None, dones)
+    state = None
+    for t in range(4):
+        out = policy(obs[t], state, dones[t])
+        state = out.state
+        torch.testing.assert_close(values[t], out.value)
+    assert state.tolist() == [2.0, 1.0]
+
+
+@pytest.mark.parametrize("core_name", CORE_NAMES)
+def test_build_policy_with_core(core_name: str) -> None:
+    from mario_cli.config import load_config
+    from mario_cli.training.builders import build_policy
+
+    overrides = {"backbone": "nature", "hidden_size": 32, "recurrent": core_name}
+    cfg = load_config(cli_overrides={"model": overrides}, environ={})
+    policy, _ = build_policy(cfg, OBS_SHAPE, 7, torch.device("cpu"))
+    assert policy.core is not None and policy.core.out_features == 32
+    state = policy.initial_state(2, "cpu")
+    with torch.no_grad():
+        actions, _, _, state = policy.act(_obs(2), state, torch.ones(2))
+    assert actions.shape == (2,)

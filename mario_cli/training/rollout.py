@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,9 @@ class RolloutBatch:
     initial_state: Any = None  # recurrent state at t=0 (recurrent cores)
     starts: torch.Tensor | None = None  # (T, N): 1 where an episode starts at t
     progress: float = 0.0  # share of total_timesteps done (schedules such as PER's beta)
+    policy_version: int = 0  # the learner update count of the weights that collected it
+    policy_lag: int = 0  # learner updates made since those weights (0 when synchronous)
+    episodes: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def num_steps(self) -> int:

@@ -1,4 +1,4 @@
-"""Built-in model plugin: Nature-CNN and IMPALA-CNN backbones.
+"""Built-in model plugin: Nature-CNN and IMPALA-CNN backbones; GRU, LSTM and transformer cores.
 
 Factories import torch only when called, so listing plugins or showing the config
 starts fast.
@@ -23,7 +23,32 @@ def make_impala(obs_shape: tuple[int, ...], cfg: Any) -> Any:
     return factory(obs_shape, cfg)
 
 
+def make_gru(in_features: int, cfg: Any) -> Any:
+    from mario_models.cores import make_gru as factory
+
+    return factory(in_features, cfg)
+
+
+def make_lstm(in_features: int, cfg: Any) -> Any:
+    from mario_models.cores import make_lstm as factory
+
+    return factory(in_features, cfg)
+
+
+def make_transformer(in_features: int, cfg: Any) -> Any:
+    from mario_models.cores import make_transformer as factory
+
+    return factory(in_features, cfg)
+
+
 @hookimpl
 def register_backbones(register: Any) -> None:
     register("nature", make_nature)
     register("impala", make_impala)
+
+
+@hookimpl
+def register_recurrent_cores(register: Any) -> None:
+    register("gru", make_gru)
+    register("lstm", make_lstm)
+    register("transformer", make_transformer)

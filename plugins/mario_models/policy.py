@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical
+
+from mario_models.noisy import NoisyLinear
 
 
 @dataclass
@@ -19,26 +22,64 @@ class PolicyOutput:
     features: Tensor
 
 
+def _linear(in_features: int, out_features: int, noisy: bool, sigma0: float) -> nn.Module:
+    if noisy:
+        return NoisyLinear(in_features, out_features, sigma0=sigma0)
+    return nn.Linear(in_features, out_features)
+
+
+def _init_head(layer: nn.Module, gain: float) -> None:
+    """Orthogonal weights (the mean weights of a noisy layer) and zero biases."""
+    noisy = isinstance(layer, NoisyLinear)
+    nn.init.orthogonal_(layer.weight_mu if noisy else layer.weight, gain=gain)
+    nn.init.zeros_(layer.bias_mu if noisy else layer.bias)
+
+
 class ActorCritic(nn.Module):
     """Shared torso with a categorical actor head and a scalar critic head.
 
     ``core``, when given, is called as ``core(features, state, done) -> (features, state)``;
-    its ``out_features`` attribute (if any) sizes the heads.
+    its ``out_features`` attribute (if any) sizes the heads. ``done[b] = 1`` marks an
+    observation that starts a new episode. With ``noisy=True`` both heads are
+    :class:`NoisyLinear` layers whose noise changes only on :meth:`reset_noise`.
     """
 
-    def __init__(self, backbone: nn.Module, n_actions: int, core: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        n_actions: int,
+        core: nn.Module | None = None,
+        noisy: bool = False,
+        sigma0: float = 0.5,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.core = core
         self.n_actions = n_actions
+        self.noisy = noisy
         features = int(getattr(core, "out_features", backbone.out_features))
-        self.actor = nn.Linear(features, n_actions)
-        self.critic = nn.Linear(features, 1)
+        # Both heads are built before either is initialised, which keeps the random stream
+        # (and so seeded runs) identical to earlier versions.
+        self.actor = _linear(features, n_actions, noisy, sigma0)
+        self.critic = _linear(features, 1, noisy, sigma0)
         # Small actor gain keeps the initial policy near uniform.
-        nn.init.orthogonal_(self.actor.weight, gain=0.01)
-        nn.init.zeros_(self.actor.bias)
-        nn.init.orthogonal_(self.critic.weight, gain=1.0)
-        nn.init.zeros_(self.critic.bias)
+        _init_head(self.actor, gain=0.01)
+        _init_head(self.critic, gain=1.0)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> Any:
+        """The core's zero state for ``batch_size`` envs; None without a core."""
+        if self.core is None:
+            return None
+        return self.core.initial_state(batch_size, device)
+
+    def reset_noise(self) -> None:
+        """Resample the noise of every NoisyLinear layer (a no-op without noisy heads)."""
+        for module in self.modules():
+            if isinstance(module, NoisyLinear):
+                module.reset_noise()
+
+    def _heads(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        return self.actor(features), self.critic(features).squeeze(-1)
 
     def forward(self, obs: Tensor, state: Any = None, done: Tensor | None = None) -> PolicyOutput:
         features = self.backbone(obs)
@@ -46,12 +87,8 @@ class ActorCritic(nn.Module):
             features, state = self.core(features, state, done)
         else:
             state = None
-        return PolicyOutput(
-            logits=self.actor(features),
-            value=self.critic(features).squeeze(-1),
-            state=state,
-            features=features,
-        )
+        logits, value = self._heads(features)
+        return PolicyOutput(logits=logits, value=value, state=state, features=features)
 
     def act(
         self,
@@ -60,7 +97,7 @@ class ActorCritic(nn.Module):
         done: Tensor | None = None,
         deterministic: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor, Any]:
-        """Sample (or argmax) actions; returns ``(actions, log_probs, values, state)``.
+        """Sample (or argmax) actions; returns ``(actions, log_probs, values, new_state)``.
 
         Gradients follow the caller's grad mode; wrap rollouts in ``torch.no_grad()``.
         """
@@ -76,3 +113,45 @@ class ActorCritic(nn.Module):
         out = self(obs, state, done)
         dist = Categorical(logits=out.logits)
         return dist.log_prob(actions.long()), dist.entropy(), out.value
+
+    def evaluate_sequence(
+        self,
+        obs: Tensor,
+        actions: Tensor,
+        initial_state: Any = None,
+        dones: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(log_probs, entropy, values)``, each ``(T, B)``, of time-major sequences.
+
+        ``obs`` is ``(T, B, *obs_shape)``; ``dones[t, b] = 1`` where ``obs[t, b]`` starts an
+        episode (the rollout's ``starts``), and ``initial_state`` is the core state before
+        ``t = 0``. The backbone sees all ``T * B`` observations in one batch; the core runs
+        through time, so the result equals stepping :meth:`forward` over ``t``.
+        """
+        steps, batch = actions.shape[:2]
+        features = self.backbone(obs.reshape(steps * batch, *obs.shape[2:]))
+        if self.core is not None:
+            sequence = features.view(steps, batch, -1)
+            forward_sequence = getattr(self.core, "forward_sequence", None)
+            if forward_sequence is not None:
+                sequence, _ = forward_sequence(sequence, initial_state, dones)
+            else:
+                sequence = self._step_core(sequence, initial_state, dones)
+            features = sequence.reshape(steps * batch, -1)
+        logits, values = self._heads(features)
+        dist = Categorical(logits=logits)
+        log_probs = dist.log_prob(actions.reshape(-1).long())
+        return (
+            log_probs.view(steps, batch),
+            dist.entropy().view(steps, batch),
+            values.view(steps, batch),
+        )
+
+    def _step_core(self, features: Tensor, state: Any, dones: Tensor | None) -> Tensor:
+        """Fallback for cores without ``forward_sequence``: one call per time step."""
+        assert self.core is not None
+        outs = []
+        for t in range(features.shape[0]):
+            out, state = self.core(features[t], state, None if dones is None else dones[t])
+            outs.append(out)
+        return torch.stack(outs)

@@ -1,0 +1,212 @@
+"""Rollout collection: step the vector env with a policy and fill rollout storage.
+
+``Collector`` runs in the trainer's thread (collect, then learn). ``BackgroundCollector``
+runs it in an actor thread with its own copy of the policy, so collecting the next
+rollout overlaps with learning on the last one; the actor acts with the weights it
+last received, which is a real policy lag that V-trace (IMPALA) or PPO's ratio
+corrects. Env stepping happens in worker processes and torch releases the GIL, so a
+thread is enough to overlap the two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from mario_cli.envs import VectorEnv
+from mario_cli.training.rollout import RolloutBatch, RolloutStorage
+
+Autocast = Callable[[], contextlib.AbstractContextManager[Any]]
+Timer = Callable[[str], contextlib.AbstractContextManager[Any]]
+
+
+def _no_timer(_phase: str) -> contextlib.AbstractContextManager[Any]:
+    return contextlib.nullcontext()
+
+
+class Collector:
+    """Keeps the envs' current observations (and recurrent state) between rollouts."""
+
+    def __init__(
+        self,
+        venv: VectorEnv,
+        n_steps: int,
+        gamma: float,
+        device: torch.device,
+        autocast: Autocast = contextlib.nullcontext,
+        timer: Timer = _no_timer,
+    ) -> None:
+        self.venv = venv
+        self.n_steps = n_steps
+        self.gamma = gamma
+        self.device = device
+        self.autocast = autocast
+        self.timer = timer
+        self.obs: torch.Tensor | None = None
+        self.starts: torch.Tensor | None = None
+        self.state: Any = None
+        self.steps_collected = 0
+
+    def reset(self, seed: int | None, policy: torch.nn.Module, steps_done: int) -> None:
+        obs, _ = self.venv.reset(seed=seed)
+        self.obs = torch.from_numpy(obs).to(self.device)
+        self.starts = torch.ones(self.venv.num_envs, device=self.device)
+        initial = getattr(policy, "initial_state", None)
+        self.state = initial(self.venv.num_envs, self.device) if initial else None
+        self.steps_collected = steps_done
+
+    @torch.no_grad()
+    def collect(
+        self,
+        policy: torch.nn.Module,
+        storage: RolloutStorage,
+        should_stop: Callable[[], bool],
+        lock: contextlib.AbstractContextManager[Any] | None = None,
+    ) -> RolloutBatch | None:
+        """``n_steps`` of every env; None if ``should_stop()`` turned true first."""
+        lock = lock or contextlib.nullcontext()
+        n_envs = self.venv.num_envs
+        episodes: list[tuple[int, int, dict[str, Any]]] = []
+        obs, starts, state = self.obs, self.starts, self.state
+        initial_state = state
+        reset_noise = getattr(policy, "reset_noise", None)
+        if reset_noise is not None:
+            with lock:
+                reset_noise()
+        storage.step = 0
+        for t in range(self.n_steps):
+            if should_stop():
+                storage.step = 0
+                return None
+            with self.timer("inference"), lock, self.autocast():
+                actions, log_probs, values, state = policy.act(obs, state, starts)
+                actions_np = actions.cpu().numpy()
+            with self.timer("env_wait"):
+                next_obs, rewards, terminated, truncated, infos = self.venv.step(actions_np)
+            rewards_t = torch.from_numpy(rewards).to(self.device)
+            cut = np.flatnonzero(truncated & ~terminated)
+            if cut.size:
+                # A truncated episode did not end in the game: bootstrap its last value.
+                final = torch.from_numpy(np.stack([infos[i]["final_obs"] for i in cut]))
+                with lock, self.autocast():
+                    final_state = _select_state(state, cut)
+                    done = torch.zeros(len(cut), device=self.device)
+                    value = policy(final.to(self.device), final_state, done).value.float()
+                rewards_t[torch.from_numpy(cut).to(self.device)] += self.gamma * value
+            dones = torch.from_numpy(terminated | truncated).to(self.device, torch.float32)
+            storage.add(obs, actions, log_probs, values.float(), rewards_t, dones, starts)
+            step = self.steps_collected + (t + 1) * n_envs
+            episodes += [
+                (step, i, info["episode"]) for i, info in enumerate(infos) if "episode" in info
+            ]
+            obs = torch.from_numpy(next_obs).to(self.device)
+            starts = dones
+        with lock, self.autocast():
+            last_value = policy(obs, state, starts).value.float()
+        self.obs, self.starts, self.state = obs, starts, state
+        self.steps_collected += self.n_steps * n_envs
+        batch = storage.batch(last_value, obs, initial_state)
+        batch.episodes = episodes
+        return batch
+
+
+def _select_state(state: Any, index: np.ndarray) -> Any:
+    """The recurrent state of some envs (GRU tensor (L, B, H), LSTM tuple, or tensors (B, ...))."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(_select_state(part, index) for part in state)
+    if state.dim() == 3 and state.shape[0] != len(index) and state.shape[1] >= len(index):
+        return state[:, torch.as_tensor(index)]
+    return state[torch.as_tensor(index)]
+
+
+class BackgroundCollector:
+    """Collects in an actor thread while the learner updates; hands rollouts over a queue.
+
+    Three storages rotate: one being filled, one waiting in the queue, one being
+    learned from, so no rollout is overwritten while in use.
+    """
+
+    def __init__(
+        self,
+        collector: Collector,
+        learner: torch.nn.Module,
+        storages: list[RolloutStorage],
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.collector = collector
+        self.actor = copy.deepcopy(learner)
+        self.actor.eval()
+        self.storages = storages
+        self.should_stop = should_stop
+        self.version = 0
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[RolloutBatch] = queue.Queue(maxsize=1)
+        self._halt = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="mario-actor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def publish(self, learner: torch.nn.Module, version: int) -> None:
+        """Give the actor the learner's current weights."""
+        weights = {k: v.detach().clone() for k, v in learner.state_dict().items()}
+        with self._lock:
+            self.actor.load_state_dict(weights)
+            self.version = version
+
+    def _stopping(self) -> bool:
+        return self._halt.is_set() or self.should_stop()
+
+    def _run(self) -> None:
+        try:
+            for i in _forever():
+                storage = self.storages[i % len(self.storages)]
+                version = self.version
+                batch = self.collector.collect(self.actor, storage, self._stopping, self._lock)
+                if batch is None:
+                    return
+                batch.policy_version = version
+                while not self._stopping():
+                    try:
+                        self._queue.put(batch, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # handed to the learner thread, which raises it
+            self._error = exc
+
+    def next_batch(self) -> RolloutBatch | None:
+        """The next rollout; None once a stop was requested."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                return self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if not self._thread.is_alive():
+                    if self._error is not None:
+                        raise self._error from None
+                    return None
+
+    def stop(self) -> None:
+        self._halt.set()
+        with contextlib.suppress(queue.Empty):
+            self._queue.get_nowait()
+        self._thread.join(timeout=60)
+
+
+def _forever():
+    i = 0
+    while True:
+        yield i
+        i += 1
