@@ -96,7 +96,7 @@ class Collector:
                 # A truncated episode did not end in the game: bootstrap its last value.
                 final = torch.from_numpy(np.stack([infos[i]["final_obs"] for i in cut]))
                 with lock, self.autocast():
-                    final_state = _select_state(state, cut)
+                    final_state = policy.select_state(state, cut)
                     done = torch.zeros(len(cut), device=self.device)
                     value = policy(final.to(self.device), final_state, done).value.float()
                 rewards_t[torch.from_numpy(cut).to(self.device)] += self.gamma * value
@@ -115,17 +115,6 @@ class Collector:
         batch = storage.batch(last_value, obs, initial_state)
         batch.episodes = episodes
         return batch
-
-
-def _select_state(state: Any, index: np.ndarray) -> Any:
-    """The recurrent state of some envs (GRU tensor (L, B, H), LSTM tuple, or tensors (B, ...))."""
-    if state is None:
-        return None
-    if isinstance(state, tuple):
-        return tuple(_select_state(part, index) for part in state)
-    if state.dim() == 3 and state.shape[0] != len(index) and state.shape[1] >= len(index):
-        return state[:, torch.as_tensor(index)]
-    return state[torch.as_tensor(index)]
 
 
 class BackgroundCollector:

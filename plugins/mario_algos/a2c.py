@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from mario_algos.minibatches import iterate_minibatches
 from mario_algos.offpolicy import add_to_replay, replay_update
 from mario_algos.returns import explained_variance, gae
 from mario_cli.config import MarioConfig
@@ -33,20 +34,21 @@ class A2C:
             batch.rewards, batch.values, batch.dones, batch.last_value, cfg.gamma, cfg.gae_lambda
         )
         n = batch.num_steps * batch.num_envs
-        obs = batch.obs.reshape(n, *batch.obs.shape[2:])
-        actions = batch.actions.reshape(n)
-        advantages, returns = advantages.reshape(n), returns.reshape(n)
         totals = {"pg": 0.0, "value": 0.0, "entropy": 0.0, "loss": 0.0}
         # Chunks only bound memory: their losses add up to one full-batch gradient step.
-        for start in range(0, n, cfg.batch_size):
-            idx = slice(start, start + cfg.batch_size)
-            share = (min(n, start + cfg.batch_size) - start) / n
-            with self.optimiser.autocast():
-                log_probs, entropy, values = self.policy.evaluate_actions(obs[idx], actions[idx])
-            adv = advantages[idx]
-            pg_loss = -(adv * log_probs.float()).mean()
-            value_loss = (returns[idx] - values.float()).pow(2).mean()
-            entropy_mean = entropy.float().mean()
+        for mb in iterate_minibatches(
+            self.policy,
+            batch,
+            advantages,
+            returns,
+            cfg.batch_size,
+            False,
+            self.optimiser.autocast,
+        ):
+            share = mb.size / n
+            pg_loss = -(mb.advantages * mb.log_probs).mean()
+            value_loss = (mb.returns - mb.values).pow(2).mean()
+            entropy_mean = mb.entropy.mean()
             loss = pg_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy_mean
             self.optimiser.accumulate(loss * share)
             for key, value in (
@@ -60,7 +62,12 @@ class A2C:
         metrics = {}
         if self.replay is not None:
             add_to_replay(
-                self.replay, obs, actions, batch.log_probs.reshape(n), returns, advantages
+                self.replay,
+                batch.obs.reshape(n, *batch.obs.shape[2:]),
+                batch.actions.reshape(n),
+                batch.log_probs.reshape(n),
+                returns.reshape(n),
+                advantages.reshape(n),
             )
             metrics = replay_update(
                 self.policy,
@@ -69,14 +76,14 @@ class A2C:
                 cfg,
                 self.replay_cfg.replay_batch_size,
                 batch.progress,
-                obs.device,
+                batch.obs.device,
             )
         learning_rate = self.optimiser.learning_rate
         self.optimiser.end_update()
         metrics.update(
             {
                 "train/entropy_loss": -totals["entropy"],
-                "train/explained_variance": explained_variance(batch.values.reshape(n), returns),
+                "train/explained_variance": explained_variance(batch.values, returns),
                 "train/learning_rate": learning_rate,
                 "train/loss": totals["loss"],
                 "train/policy_gradient_loss": totals["pg"],

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mario_algos.minibatches import iterate_minibatches
 from mario_algos.offpolicy import add_to_replay, replay_update
 from mario_algos.returns import explained_variance, gae
 from mario_cli.config import MarioConfig
@@ -35,42 +36,33 @@ class PPO:
         advantages, returns = gae(
             batch.rewards, batch.values, batch.dones, batch.last_value, cfg.gamma, cfg.gae_lambda
         )
-        n = batch.num_steps * batch.num_envs
-        obs = batch.obs.reshape(n, *batch.obs.shape[2:])
-        actions = batch.actions.reshape(n)
-        old_log_probs = batch.log_probs.reshape(n)
-        old_values = batch.values.reshape(n)
-        advantages = advantages.reshape(n)
-        returns = returns.reshape(n)
-        batch_size = min(cfg.batch_size, n)
-
         pg_losses, value_losses, entropies, kls, clip_fractions = [], [], [], [], []
         loss = torch.zeros(())
         stopped_early = False
         for _ in range(cfg.n_epochs):
-            order = torch.randperm(n, device=obs.device)
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
-                with self.optimiser.autocast():
-                    log_probs, entropy, values = self.policy.evaluate_actions(
-                        obs[idx], actions[idx]
-                    )
-                log_probs, entropy, values = log_probs.float(), entropy.float(), values.float()
-                adv = advantages[idx]
-                if cfg.normalize_advantage and len(idx) > 1:
+            for mb in iterate_minibatches(
+                self.policy,
+                batch,
+                advantages,
+                returns,
+                cfg.batch_size,
+                True,
+                self.optimiser.autocast,
+            ):
+                adv = mb.advantages
+                if cfg.normalize_advantage and mb.size > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                log_ratio = log_probs - old_log_probs[idx]
+                log_ratio = mb.log_probs - mb.old_log_probs
                 ratio = log_ratio.exp()
                 pg_loss = -torch.min(
                     adv * ratio, adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
                 ).mean()
-                if cfg.clip_range_vf is None:
-                    predicted = values
-                else:
-                    old = old_values[idx]
-                    predicted = old + (values - old).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
-                value_loss = (returns[idx] - predicted).pow(2).mean()
-                entropy_mean = entropy.mean()
+                predicted = mb.values
+                if cfg.clip_range_vf is not None:
+                    delta = (mb.values - mb.old_values).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
+                    predicted = mb.old_values + delta
+                value_loss = (mb.returns - predicted).pow(2).mean()
+                entropy_mean = mb.entropy.mean()
                 loss = pg_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy_mean
 
                 with torch.no_grad():
@@ -90,7 +82,15 @@ class PPO:
                 break
         metrics: dict[str, float] = {}
         if self.replay is not None:
-            add_to_replay(self.replay, obs, actions, old_log_probs, returns, advantages)
+            n = batch.num_steps * batch.num_envs
+            add_to_replay(
+                self.replay,
+                batch.obs.reshape(n, *batch.obs.shape[2:]),
+                batch.actions.reshape(n),
+                batch.log_probs.reshape(n),
+                returns.reshape(n),
+                advantages.reshape(n),
+            )
             metrics = replay_update(
                 self.policy,
                 self.optimiser,
@@ -98,7 +98,7 @@ class PPO:
                 cfg,
                 self.replay_cfg.replay_batch_size,
                 batch.progress,
-                obs.device,
+                batch.obs.device,
             )
         learning_rate = self.optimiser.learning_rate
         self.optimiser.end_update()
@@ -107,7 +107,7 @@ class PPO:
             "train/clip_fraction": float(np.mean(clip_fractions)),
             "train/clip_range": cfg.clip_range,
             "train/entropy_loss": -float(np.mean(entropies)),
-            "train/explained_variance": explained_variance(old_values, returns),
+            "train/explained_variance": explained_variance(batch.values, returns),
             "train/learning_rate": learning_rate,
             "train/loss": float(loss.item()),
             "train/policy_gradient_loss": float(np.mean(pg_losses)),

@@ -84,6 +84,10 @@ class _RNNCore(nn.Module):
         return torch.cat(outs), state
 
 
+def _index(index: Any, device: torch.device) -> Tensor:
+    return torch.as_tensor(index, dtype=torch.long, device=device)
+
+
 class GRUCore(_RNNCore):
     """Single-layer GRU; state is ``h`` of shape ``(1, B, hidden)``."""
 
@@ -91,6 +95,10 @@ class GRUCore(_RNNCore):
         super().__init__(in_features, hidden)
         self.rnn = nn.GRU(in_features, hidden)
         self._init_weights()
+
+    def select_state(self, state: Tensor, index: Any) -> Tensor:
+        """The state of the envs in ``index`` (state is (1, B, H))."""
+        return state[:, _index(index, state.device)]
 
     def initial_state(self, batch_size: int, device: Device = None) -> Tensor:
         return self._zeros(batch_size, device)
@@ -100,12 +108,22 @@ class GRUCore(_RNNCore):
 
 
 class LSTMCore(_RNNCore):
+    @staticmethod
+    def _select(state: tuple[Tensor, Tensor], index: Any) -> tuple[Tensor, Tensor]:
+        h, c = state
+        i = _index(index, h.device)
+        return h[:, i], c[:, i]
+
     """Single-layer LSTM; state is ``(h, c)``, each of shape ``(1, B, hidden)``."""
 
     def __init__(self, in_features: int, hidden: int) -> None:
         super().__init__(in_features, hidden)
         self.rnn = nn.LSTM(in_features, hidden)
         self._init_weights()
+
+    def select_state(self, state: tuple[Tensor, Tensor], index: Any) -> tuple[Tensor, Tensor]:
+        """The state of the envs in ``index``."""
+        return self._select(state, index)
 
     def initial_state(self, batch_size: int, device: Device = None) -> tuple[Tensor, Tensor]:
         return self._zeros(batch_size, device), self._zeros(batch_size, device)
@@ -131,6 +149,12 @@ def sinusoidal_encoding(length: int, dim: int) -> Tensor:
 
 
 class TransformerCore(nn.Module):
+    @staticmethod
+    def _select(state: tuple[Tensor, Tensor], index: Any) -> tuple[Tensor, Tensor]:
+        window, count = state
+        i = _index(index, window.device)
+        return window[i], count[i]
+
     """Causal transformer encoder over a rolling window of the last ``window`` features.
 
     State is ``(window (B, W, F), count (B,))``: the newest feature sits at position
@@ -172,6 +196,10 @@ class TransformerCore(nn.Module):
         self.encoder = nn.TransformerEncoder(
             layer, layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
         )
+
+    def select_state(self, state: tuple[Tensor, Tensor], index: Any) -> tuple[Tensor, Tensor]:
+        """The state of the envs in ``index``."""
+        return self._select(state, index)
 
     def initial_state(self, batch_size: int, device: Device = None) -> tuple[Tensor, Tensor]:
         window = torch.zeros(batch_size, self.window, self.in_features, device=device)

@@ -72,6 +72,16 @@ class ActorCritic(nn.Module):
             return None
         return self.core.initial_state(batch_size, device)
 
+    def select_state(self, state: Any, index: Any) -> Any:
+        """The recurrent state of the envs in ``index`` (None without a core)."""
+        if self.core is None or state is None:
+            return None
+        return self.core.select_state(state, index)
+
+    @property
+    def recurrent(self) -> bool:
+        return self.core is not None
+
     def reset_noise(self) -> None:
         """Resample the noise of every NoisyLinear layer (a no-op without noisy heads)."""
         for module in self.modules():
