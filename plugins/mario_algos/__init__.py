@@ -22,7 +22,14 @@ def make_a2c(policy: Any, cfg: Any, optimiser: Any, replay: Any = None) -> Any:
     return A2C(policy, cfg, optimiser, replay)
 
 
+def make_impala(policy: Any, cfg: Any, optimiser: Any, replay: Any = None) -> Any:
+    from mario_algos.impala import Impala
+
+    return Impala(policy, cfg, optimiser, replay)
+
+
 @hookimpl
 def register_algorithms(register: Any) -> None:
     register("ppo", make_ppo)
     register("a2c", make_a2c)
+    register("impala", make_impala)
