@@ -175,7 +175,9 @@ class UiConfig(Section):
     kl_warn: float = Field(0.05, ge=0, description="approx_kl above this is a warning.")
     kl_bad: float = Field(0.15, ge=0, description="approx_kl above this is bad.")
     kl_iterations: int = Field(3, ge=1, description="Iterations above kl_bad before a hint.")
-    clip_fraction_warn: float = Field(0.3, ge=0, description="clip_fraction above this: warning.")
+    clip_fraction_warn: float = Field(
+        0.3, ge=0, description="clip_fraction above this is a warning."
+    )
     clip_fraction_bad: float = Field(0.5, ge=0, description="clip_fraction above this is bad.")
     entropy_warn: float = Field(0.3, ge=0, description="Entropy (nats) below this is a warning.")
     entropy_bad: float = Field(0.1, ge=0, description="Entropy (nats) below this is bad.")
@@ -185,7 +187,7 @@ class UiConfig(Section):
     explained_variance_warn: float = Field(
         0.2, description="explained_variance below this is a warning."
     )
-    explained_variance_bad: float = Field(0.0, description="explained_variance below this: bad.")
+    explained_variance_bad: float = Field(0.0, description="explained_variance below this is bad.")
     explained_variance_zero: float = Field(
         0.05, ge=0, description="|explained_variance| below this counts as near 0."
     )

@@ -115,15 +115,37 @@ def build_sinks(cfg: MarioConfig) -> list[Any]:
 
 
 def run_training(cfg: MarioConfig, resume_from: Path | None = None) -> None:
-    """Train with the console display; exit 1 if the run failed."""
+    """Train with the chosen display (tui, plain or quiet); exit 1 if the run failed.
+
+    ``--ui auto`` shows the TUI when stdin and stdout are a terminal, else the plain
+    display; the TUI module (and textual) is imported only when it is shown.
+    """
     from mario_cli.training.trainer import Trainer, TrainingControl
 
     control = TrainingControl()
     sinks = build_sinks(cfg)
-    trainer = Trainer(cfg, sinks, control, resume_from=resume_from)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    use_tui = cfg.ui.ui == "tui" or (cfg.ui.ui == "auto" and interactive)
+    if use_tui and not interactive:
+        console.print("[yellow]note:[/] --ui tui needs a terminal; showing the plain display")
+        use_tui = False
     try:
-        with _stop_on_signals(control):
-            finished = trainer.train()
+        if use_tui:
+            from mario_cli.sinks.console import ConsoleSink
+            from mario_cli.tui.run import train_in_tui
+
+            # The screen replaces the console display; the summary is printed after it.
+            sinks = [sink for sink in sinks if not isinstance(sink, ConsoleSink)]
+
+            def make_trainer(ui_sink: Any) -> Trainer:
+                return Trainer(cfg, [*sinks, ui_sink], control, resume_from=resume_from)
+
+            with _stop_on_signals(control):
+                finished = train_in_tui(cfg, control, make_trainer, console)
+        else:
+            trainer = Trainer(cfg, sinks, control, resume_from=resume_from)
+            with _stop_on_signals(control):
+                finished = trainer.train()
     finally:
         for sink in sinks:
             sink.close()

@@ -22,6 +22,7 @@ import torch
 
 from mario_cli import __version__
 from mario_cli.config import MarioConfig, to_toml
+from mario_cli.diagnostics import HintEngine
 from mario_cli.envs import VectorEnv
 from mario_cli.envs.stages import action_names
 from mario_cli.errors import CheckpointError, MarioError, NonFiniteLossError
@@ -29,6 +30,7 @@ from mario_cli.events import (
     CheckpointSaved,
     EpisodeEnd,
     Event,
+    Hint,
     IterationStats,
     Notice,
     RunFinished,
@@ -146,12 +148,16 @@ class Trainer:
         self.venv: VectorEnv | None = None
         self.timer = PhaseTimer()
         self.loop_seconds = 0.0
+        self.hints = HintEngine(cfg)
 
     # ----------------------------------------------------------------- events
     def emit(self, event: Event) -> None:
         with self.timer("logging"):
             for sink in self.sinks:
                 sink(event)
+            if not isinstance(event, Hint):
+                for hint in self.hints.observe(event):
+                    self.emit(hint)
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:

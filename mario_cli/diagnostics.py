@@ -1,0 +1,249 @@
+"""Training health: metric readings with ok / warn / bad states, and the hint engine.
+
+The engine keeps a short history of iterations and episodes, runs the registered
+hint rules (``register_hints``) over it and returns only hints that are new, so a
+rule that keeps firing is not repeated every iteration. Nothing here imports torch
+or a UI library: the trainer, the TUI and ``mario monitor`` share it.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mario_cli.config import MarioConfig, UiConfig
+from mario_cli.events import CheckpointSaved, EpisodeEnd, Event, Hint, IterationStats, RunStarted
+
+HintRule = Callable[["History", MarioConfig], list[Hint]]
+
+OK, WARN, BAD, UNKNOWN = "ok", "warn", "bad", "n/a"
+MAX_ITERATIONS = 1000  # iterations kept for the rules (more if a configured window is longer)
+MAX_EPISODES = 500
+CHECKPOINT_PLACEHOLDER = "<checkpoint>"
+
+
+# ------------------------------------------------------------------ readings
+@dataclass(frozen=True)
+class Reading:
+    """One diagnostic: a metric's latest value, its state and the thresholds used."""
+
+    name: str
+    value: float | None
+    state: str  # ok, warn, bad or n/a
+    warn: str  # the warning threshold, e.g. "> 0.05"
+    bad: str
+
+
+def entropy_of(metrics: Mapping[str, float]) -> float | None:
+    """Policy entropy in nats: the negated ``train/entropy_loss``, as Stable-Baselines3 logs it."""
+    loss = metrics.get("train/entropy_loss")
+    return None if loss is None else -float(loss)
+
+
+def diagnose(metrics: Mapping[str, float], ui: UiConfig) -> list[Reading]:
+    """Readings for approx_kl, clip_fraction, entropy, explained_variance and value_loss.
+
+    A metric is bad past its bad threshold, warn past its warn threshold, else ok;
+    a non-finite value is bad and a missing one n/a.
+    """
+    # name, value, direction (+1: high is bad, -1: low is bad), warn, bad
+    checks: list[tuple[str, float | None, int, float, float]] = [
+        ("approx_kl", metrics.get("train/approx_kl"), 1, ui.kl_warn, ui.kl_bad),
+        (
+            "clip_fraction",
+            metrics.get("train/clip_fraction"),
+            1,
+            ui.clip_fraction_warn,
+            ui.clip_fraction_bad,
+        ),
+        ("entropy", entropy_of(metrics), -1, ui.entropy_warn, ui.entropy_bad),
+        (
+            "explained_variance",
+            metrics.get("train/explained_variance"),
+            -1,
+            ui.explained_variance_warn,
+            ui.explained_variance_bad,
+        ),
+        ("value_loss", metrics.get("train/value_loss"), 1, ui.value_loss_warn, ui.value_loss_bad),
+    ]
+    readings = []
+    for name, value, direction, warn, bad in checks:
+        sign = ">" if direction > 0 else "<"
+        if value is None:
+            state = UNKNOWN
+        elif not math.isfinite(value) or direction * (value - bad) > 0:
+            state = BAD
+        elif direction * (value - warn) > 0:
+            state = WARN
+        else:
+            state = OK
+        value = None if value is None else float(value)
+        readings.append(Reading(name, value, state, f"{sign} {warn:g}", f"{sign} {bad:g}"))
+    return readings
+
+
+# ------------------------------------------------------------------- history
+@dataclass
+class History:
+    """What hint rules see: recent iterations and episodes of one run."""
+
+    run_name: str | None = None
+    checkpoint: str | None = None  # the run's latest checkpoint, when one was saved
+    steps: list[int] = field(default_factory=list)  # global step of each iteration
+    metrics: list[dict[str, float]] = field(default_factory=list)  # one dict per iteration
+    episodes: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_EPISODES))
+
+    @property
+    def step(self) -> int:
+        return self.steps[-1] if self.steps else 0
+
+    def recent(self, n: int) -> list[dict[str, float]]:
+        """The last ``n`` iterations' metrics, or [] while fewer than ``n`` were seen."""
+        return self.metrics[-n:] if n > 0 and len(self.metrics) >= n else []
+
+    def recent_episodes(self, n: int) -> list[dict[str, Any]]:
+        """The last ``n`` episodes, or [] while fewer than ``n`` ended."""
+        return list(self.episodes)[-n:] if n > 0 and len(self.episodes) >= n else []
+
+
+def resume_command(history: History, cfg: MarioConfig, flags: Iterable[str]) -> str:
+    """A ``mario resume --init-model-path ...`` line to paste, with the given extra flags."""
+    # The placeholder stays unquoted so the user sees what to replace.
+    checkpoint = shlex.quote(history.checkpoint) if history.checkpoint else CHECKPOINT_PLACEHOLDER
+    parts = ["mario resume --init-model-path", checkpoint]
+    if cfg.train.artifacts_dir != Path("artifacts"):
+        parts.append("--artifacts-dir " + shlex.quote(str(cfg.train.artifacts_dir)))
+    return " ".join([*parts, *flags])
+
+
+# -------------------------------------------------------------------- engine
+class HintEngine:
+    """Feeds registered hint rules and returns only new hints.
+
+    A hint is identified by (registered rule name, ``Hint.rule``). Once emitted it is
+    not emitted again while its rule keeps returning it, until ``ui.hint_cooldown``
+    iterations have passed; when the rule stops returning it, it may fire again.
+    """
+
+    def __init__(
+        self,
+        cfg: MarioConfig,
+        rules: Iterable[Any] | Mapping[str, HintRule] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        ui = cfg.ui
+        windows = (
+            ui.stall_iterations,
+            ui.entropy_iterations,
+            ui.kl_iterations,
+            ui.explained_variance_iterations,
+        )
+        self.max_iterations = max(MAX_ITERATIONS, *windows)
+        self.history = History(
+            episodes=deque(maxlen=max(MAX_EPISODES, ui.plateau_episodes)),
+        )
+        self.rules = self._resolve_rules(rules)
+        self.iterations = 0
+        self._active: dict[tuple[str, str], int] = {}  # hint key -> iteration last emitted
+        self._broken: set[str] = set()
+        self._lock = threading.RLock()  # the trainer may feed it from more than one thread
+
+    @staticmethod
+    def _resolve_rules(rules: Any) -> dict[str, HintRule]:
+        if rules is None:
+            from mario_cli.plugins import get_host
+
+            rules = get_host()["hints"]
+        if isinstance(rules, Mapping):
+            return dict(rules)
+        # A Registry iterates Components (name, plugin, factory).
+        return {component.name: component.factory for component in rules}
+
+    # ---------------------------------------------------------------- feeding
+    def add_iteration(self, step: int, metrics: Mapping[str, float]) -> None:
+        with self._lock:
+            self.history.steps.append(int(step))
+            self.history.metrics.append(dict(metrics))
+            if len(self.history.metrics) > self.max_iterations:
+                del self.history.metrics[: -self.max_iterations]
+                del self.history.steps[: -self.max_iterations]
+            self.iterations += 1
+
+    def add_episode(self, episode: EpisodeEnd | Mapping[str, Any]) -> None:
+        if isinstance(episode, EpisodeEnd):
+            episode = {
+                "return": episode.episode_return,
+                "length": episode.length,
+                "max_x_pos": episode.max_x_pos,
+                "cleared": episode.cleared,
+                "stage": episode.stage,
+            }
+        with self._lock:
+            self.history.episodes.append(dict(episode))
+
+    def set_checkpoint(self, path: str | Path) -> None:
+        with self._lock:
+            self.history.checkpoint = str(path)
+
+    def observe(self, event: Event) -> list[Hint]:
+        """Feed any trainer event; after an IterationStats, return the new hints."""
+        if isinstance(event, RunStarted):
+            with self._lock:
+                self.history.run_name = event.run_name
+        elif isinstance(event, EpisodeEnd):
+            self.add_episode(event)
+        elif isinstance(event, CheckpointSaved):
+            self.set_checkpoint(event.path)
+        elif isinstance(event, IterationStats):
+            self.add_iteration(event.step, event.metrics)
+            return self.check(event.step)
+        return []
+
+    # --------------------------------------------------------------- checking
+    def check(self, step: int) -> list[Hint]:
+        """Run every rule on the history; return the hints not already emitted."""
+        with self._lock:
+            return self._check(step)
+
+    def _check(self, step: int) -> list[Hint]:
+        fired: dict[tuple[str, str], Hint] = {}
+        new: list[Hint] = []
+        for name, rule in self.rules.items():
+            if name in self._broken:
+                continue
+            try:
+                hints = list(rule(self.history, self.cfg) or [])
+            except Exception as exc:
+                # A broken third-party rule must not stop a training run.
+                self._broken.add(name)
+                new.append(
+                    Hint(
+                        step,
+                        name,
+                        WARN,
+                        f"hint rule {name!r} failed ({type(exc).__name__}: {exc}); "
+                        "it is off for the rest of this run",
+                    )
+                )
+                continue
+            for hint in hints:
+                fired[(name, hint.rule)] = hint if hint.step == step else _at_step(hint, step)
+        for key in list(self._active):
+            if key not in fired:
+                del self._active[key]  # cleared: it may fire again later
+        for key, hint in fired.items():
+            last = self._active.get(key)
+            if last is None or self.iterations - last >= self.cfg.ui.hint_cooldown:
+                self._active[key] = self.iterations
+                new.append(hint)
+        return new
+
+
+def _at_step(hint: Hint, step: int) -> Hint:
+    return Hint(step, hint.rule, hint.severity, hint.message, hint.command)

@@ -1,0 +1,32 @@
+"""Built-in hint rules, registered through the public ``register_hints`` hook.
+
+Rules read only the metric history, so importing this plugin never imports torch
+or a UI library.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mario_cli.hookspecs import hookimpl
+from mario_hints.rules import (
+    entropy_collapsed,
+    kl_too_large,
+    progress_plateau,
+    updates_stalled,
+    value_not_learning,
+)
+
+RULES = {
+    "updates-stalled": updates_stalled,
+    "entropy-collapsed": entropy_collapsed,
+    "kl-too-large": kl_too_large,
+    "value-not-learning": value_not_learning,
+    "progress-plateau": progress_plateau,
+}
+
+
+@hookimpl
+def register_hints(register: Any) -> None:
+    for name, rule in RULES.items():
+        register(name, rule)
