@@ -198,6 +198,8 @@ def test_sigint_during_training_leaves_a_checkpoint_that_resumes(tmp_path: Path)
             break
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C in a terminal: the whole group
+    time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGINT)  # the same Ctrl-C delivered twice (as `timeout` does)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "mario resume sig" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -79,16 +80,24 @@ def _resolve_checkpoint(target: str | None, artifacts: Path, resolve_run, manage
 
 @contextmanager
 def _stop_on_signals(control: Any):
-    """First Ctrl-C or SIGTERM: finish the step, save, exit 0. Second Ctrl-C: abort."""
+    """First Ctrl-C or SIGTERM: finish the step, save, exit 0. Another Ctrl-C: stop at once.
+
+    A repeat within a second is the same Ctrl-C delivered twice (``timeout`` and some
+    terminals signal both the process and its group), not the user pressing it again.
+    """
+    first: list[float] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
-        if control.stop_requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        now = time.monotonic()
+        if control.stop_requested:
+            if signum == signal.SIGINT and first and now - first[0] > 1.0:
+                raise KeyboardInterrupt
+            return
+        first.append(now)
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         control.request_stop(f"{name} received")
         console.print(
-            f"[yellow]{name}: saving a checkpoint after this step "
-            "(Ctrl-C again to abort without saving)[/]"
+            f"[yellow]{name}: saving a checkpoint after this step (Ctrl-C again to stop at once)[/]"
         )
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -344,7 +344,18 @@ class Trainer:
             # Crash: keep what was learned since the last checkpoint, then re-raise.
             if self.run is not None and self.iteration > 0 and not isinstance(exc, MarioError):
                 with contextlib.suppress(Exception):
-                    self.save("crash")
+                    path = self.save("crash")
+                    reason = "stopped at once" if isinstance(exc, KeyboardInterrupt) else "crashed"
+                    self.emit(
+                        RunFinished(
+                            self.global_step,
+                            "interrupted" if reason != "crashed" else "failed",
+                            f"{reason}: {type(exc).__name__}",
+                            str(path),
+                            self.resume_command(),
+                            self._summary(),
+                        )
+                    )
             self._close()
             raise
         self.loop_seconds = time.perf_counter() - loop_start
