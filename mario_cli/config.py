@@ -141,6 +141,10 @@ class AlgoConfig(Section):
     batch_size: int = Field(256, ge=1, description="Minibatch size.")
     grad_accum_steps: int = Field(1, ge=1, description="Minibatches per optimizer step.")
     max_grad_norm: float = Field(0.5, gt=0, description="Gradient clipping norm.")
+    overlap_collection: bool = Field(
+        False,
+        description="Collect the next rollout while learning (one update of policy lag).",
+    )
 
 
 class ReplayConfig(Section):

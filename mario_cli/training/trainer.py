@@ -110,10 +110,12 @@ class PhaseTimer:
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(self.PHASES, 0.0)
         self._open: str | None = None
+        self.owner: int | None = None  # the learner's thread; an actor thread's time overlaps
 
     @contextlib.contextmanager
     def __call__(self, phase: str):
-        if self._open is not None:  # nested (a save inside logging): the outer one counts
+        # Nested (a save inside logging): the outer one counts. Other threads: not counted.
+        if self._open is not None or threading.get_ident() != self.owner:
             yield
             return
         self._open = phase
@@ -369,9 +371,10 @@ class Trainer:
         rollout_size = cfg.algo.n_steps * cfg.env.n_envs
         next_save = (self.global_step // cfg.train.save_freq + 1) * cfg.train.save_freq
         start_time, start_step = time.perf_counter(), self.global_step
+        self.timer.owner = threading.get_ident()
         self.collector.reset(cfg.train.seed, self.policy, self.global_step)
         background = None
-        if getattr(self.algorithm, "asynchronous", False):
+        if getattr(self.algorithm, "asynchronous", False) or cfg.algo.overlap_collection:
             storages = [self.storage] + [
                 RolloutStorage(cfg.algo.n_steps, cfg.env.n_envs, self.obs_shape, self.device)
                 for _ in range(2)
