@@ -218,7 +218,10 @@ class UiConfig(Section):
 
 
 class TuneConfig(Section):
-    trials: int = Field(50, ge=1, description="Trials to run.")
+    trials: int = Field(50, ge=1, description="Trials this process runs.")
+    total_trials: int | None = Field(
+        None, ge=1, description="Stop once the study has this many finished trials (shared)."
+    )
     timesteps_per_trial: int = Field(100_000, ge=1, description="Training budget of each trial.")
     study_name: str = Field("mario", description="Optuna study name.")
     storage: str | None = Field(None, description="Optuna storage URL (default: sqlite file).")

@@ -6,7 +6,17 @@ import sys
 
 import typer
 
-from mario_cli.cli import bench, config_cmd, monitor, plot, plugins_cmd, record, runs_cmd, train
+from mario_cli.cli import (
+    bench,
+    config_cmd,
+    monitor,
+    plot,
+    plugins_cmd,
+    record,
+    runs_cmd,
+    train,
+    tune,
+)
 from mario_cli.cli import eval as eval_cmd
 from mario_cli.cli.console import console, print_error
 from mario_cli.errors import MarioError
@@ -25,6 +35,7 @@ app.command("train")(train.train)
 app.command("resume")(train.resume)
 app.command("eval")(eval_cmd.eval_command)
 app.command("record")(record.record)
+app.command("tune")(tune.tune)
 app.command("plot")(plot.plot)
 app.command("runs")(runs_cmd.runs)
 app.command("monitor")(monitor.monitor)

@@ -45,11 +45,17 @@ def _describe_type(annotation: Any) -> tuple[str, bool, bool]:
     return names.get(annotation, "VALUE"), False, optional
 
 
+# Keys that are tables, not values: set them in mario.toml.
+NO_FLAG = {("tune", "space")}
+
+
 def _flag_fields(sections: tuple[str, ...]) -> list[tuple[str, str, Any]]:
     fields = []
     seen: dict[str, str] = {}
     for section in sections:
         for name, field in SECTIONS[section].model_fields.items():
+            if (section, name) in NO_FLAG:
+                continue
             if name in seen:
                 raise RuntimeError(f"{_flag(name)} is defined by [{seen[name]}] and [{section}]")
             seen[name] = section
@@ -89,7 +95,7 @@ def config_options(sections: tuple[str, ...] = TRAIN_SECTIONS) -> Callable[..., 
                 decl,
                 help=field.description,
                 metavar=metavar or None,
-                rich_help_panel=f"[{section}] options",
+                rich_help_panel=f"{section} options",
                 show_default=False,
             )
             annotation = bool | None if is_bool else str | None
