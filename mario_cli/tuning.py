@@ -123,7 +123,6 @@ def make_objective(
     def objective(trial: Any) -> float:
         import optuna
 
-        from mario_cli.sinks.jsonl import JsonlSink
         from mario_cli.sinks.tensorboard import TensorBoardSink
         from mario_cli.training.trainer import Trainer
 
@@ -147,7 +146,7 @@ def make_objective(
             if trial.should_prune():
                 control.request_stop("pruned")
 
-        sinks = [JsonlSink(), TensorBoardSink()]
+        sinks = [TensorBoardSink()]
         trainer = Trainer(cfg, sinks, control, on_iteration=report)
         try:
             finished = trainer.train()

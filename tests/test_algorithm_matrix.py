@@ -110,7 +110,7 @@ def test_recurrent_state_is_reset_exactly_at_episode_ends(tmp_path: Path) -> Non
     from mario_cli.training.rollout import RolloutStorage
 
     cfg = small_config(tmp_path, "ppo", "gru", {}, total=32)
-    cfg.env.no_progress_terminate_steps = 5  # short episodes: several ends in 40 steps
+    cfg.env.no_progress_terminate_steps = 5  # short episodes: several ends in 120 steps
     policy, _ = build_policy(cfg, (4, 84, 84), 7, torch.device("cpu"))
     calls: list[torch.Tensor] = []
     original = policy.act
@@ -120,18 +120,18 @@ def test_recurrent_state_is_reset_exactly_at_episode_ends(tmp_path: Path) -> Non
         result = original(obs, state, done, deterministic)
         fresh = original(obs, None, torch.zeros_like(done), deterministic)
         new_state = result[3]
-        for env in torch.flatnonzero(done).tolist():  # a start behaves like a zero state
+        for env in torch.nonzero(done).flatten().tolist():  # a start behaves like a zero state
             assert torch.allclose(new_state[:, env], fresh[3][:, env], atol=1e-6)
         return result
 
     policy.act = spy
     with VectorEnv(cfg.env, seed=0) as venv:
-        collector = Collector(venv, 40, 0.9, torch.device("cpu"))
+        collector = Collector(venv, 120, 0.9, torch.device("cpu"))
         collector.reset(0, policy, 0)
-        storage = RolloutStorage(40, 2, (4, 84, 84), torch.device("cpu"))
+        storage = RolloutStorage(120, 2, (4, 84, 84), torch.device("cpu"))
         batch = collector.collect(policy, storage, lambda: False)
     dones = batch.dones
     assert dones.sum() >= 2
     assert torch.equal(calls[0], torch.ones(2))  # the first step starts episodes
-    for t in range(1, 40):
+    for t in range(1, 120):
         assert torch.equal(calls[t], dones[t - 1])  # reset exactly after an episode ended

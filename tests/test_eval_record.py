@@ -24,9 +24,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("tiny-a", "tiny-b"):
         cfg = load_config(
             cli_overrides={
-                "env": {"n_envs": 2, "no_progress_terminate_steps": 60},
+                "env": {"n_envs": 2, "no_progress_terminate_steps": 3},
                 "algo": {"n_steps": 16, "batch_size": 32, "n_epochs": 1},
-                "train": {"total_timesteps": 64, "artifacts_dir": str(artifacts), "run_name": name},
+                "train": {
+                    "total_timesteps": 128,
+                    "artifacts_dir": str(artifacts),
+                    "run_name": name,
+                },
             },
             environ={},
         )
@@ -164,7 +168,7 @@ def test_runs_json_lists_steps_and_status(trained: Path) -> None:
     runs = {r["name"]: r for r in json.loads(result.stdout)}
     assert set(runs) == {"tiny-a", "tiny-b"}
     for run in runs.values():
-        assert run["steps"] == 64 and run["total_timesteps"] == 64
+        assert run["steps"] == 128 and run["total_timesteps"] == 128
         assert run["status"] == "finished" and run["algo"] == "ppo"
     one = run_mario("runs", "tiny-a", "--json", "--artifacts-dir", str(trained))
     detail = json.loads(one.stdout)

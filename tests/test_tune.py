@@ -19,13 +19,13 @@ TINY = """
 [env]
 n_envs = 2
 vector_mode = "sync"
-no_progress_terminate_steps = 10
+no_progress_terminate_steps = 3
 [algo]
 n_steps = 16
 batch_size = 32
 n_epochs = 1
 [tune]
-timesteps_per_trial = 64
+timesteps_per_trial = 160
 [tune.space]
 "algo.learning_rate" = { type = "float", low = 1e-5, high = 1e-3, log = true }
 "algo.ent_coef" = { type = "categorical", choices = [0.0, 0.01] }
@@ -117,8 +117,10 @@ def test_pruner_prunes_a_clearly_bad_trial(tmp_path: Path, tiny_toml: Path) -> N
     cfg = tiny_config(tmp_path)
     cfg.train.artifacts_dir = tmp_path / "artifacts"
     space = {"env.frame_skip": {"type": "categorical", "choices": [4, 1]}}
-    study = optuna.create_study(direction="maximize", pruner=make_pruner("median", 64))
-    for skip in (4, 4, 4, 1):  # one frame per step walks a quarter as far
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("median", 160))
+    # One frame per step: Mario has not started moving after 3 steps, so every episode
+    # is cut at the start line (x = 40) while the others walk to the first goomba.
+    for skip in (4, 4, 4, 1):
         study.enqueue_trial({"env.frame_skip": skip})
     study.optimize(make_objective(cfg, space, "p", TrainingControl), n_trials=4)
     states = [t.state for t in study.trials]

@@ -110,10 +110,9 @@ def _stop_on_signals(control: Any):
 
 def build_sinks(cfg: MarioConfig) -> list[Any]:
     from mario_cli.sinks.console import ConsoleSink
-    from mario_cli.sinks.jsonl import JsonlSink
     from mario_cli.sinks.tensorboard import TensorBoardSink
 
-    sinks: list[Any] = [JsonlSink(), TensorBoardSink()]
+    sinks: list[Any] = [TensorBoardSink()]  # the trainer itself writes metrics.jsonl
     if cfg.train.wandb:
         from mario_cli.sinks.wandb import WandbSink
 

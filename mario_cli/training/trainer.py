@@ -37,6 +37,7 @@ from mario_cli.events import (
     RunStarted,
 )
 from mario_cli.runs import RunPaths, create_run, default_run_name, mark_latest
+from mario_cli.sinks.jsonl import JsonlSink
 from mario_cli.training.builders import build_algorithm, build_policy
 from mario_cli.training.checkpoint import (
     CheckpointManager,
@@ -139,7 +140,10 @@ class Trainer:
         on_iteration: Callable[[int, dict[str, float]], None] | None = None,
     ) -> None:
         self.cfg = cfg
-        self.sinks = list(sinks)
+        # metrics.jsonl is part of the run (resume, monitor, plot, runs read it), not a
+        # display: every trainer writes it, whoever drives it.
+        self._record = JsonlSink()
+        self.sinks = [self._record, *sinks]
         self.control = control or TrainingControl()
         self.resume_from = resume_from
         self.on_iteration = on_iteration
@@ -328,6 +332,7 @@ class Trainer:
             self._setup()
         except BaseException:
             self._close()
+            self._record.close()
             raise
         loop_start = time.perf_counter()
         try:
@@ -359,10 +364,12 @@ class Trainer:
                         )
                     )
             self._close()
+            self._record.close()
             raise
         self.loop_seconds = time.perf_counter() - loop_start
         self._close()
         self.emit(finished)
+        self._record.close()
         return finished
 
     def _loop(self) -> RunFinished:
@@ -515,6 +522,7 @@ class Trainer:
         return summary
 
     def _close(self) -> None:
+        """Release the envs and the run (metrics.jsonl stays open for RunFinished)."""
         if self.run is not None:
             self.run.release()
         if self.venv is not None:
