@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from mario_algos.minibatches import iterate_minibatches
-from mario_algos.offpolicy import add_to_replay, replay_update
+from mario_algos.offpolicy import store_and_replay
 from mario_algos.returns import explained_variance, gae
 from mario_cli.config import MarioConfig
 from mario_cli.training.optim import Optimiser
@@ -59,25 +59,7 @@ class A2C:
             ):
                 totals[key] += float(value.item()) * share
         self.optimiser.step()
-        metrics = {}
-        if self.replay is not None:
-            add_to_replay(
-                self.replay,
-                batch.obs.reshape(n, *batch.obs.shape[2:]),
-                batch.actions.reshape(n),
-                batch.log_probs.reshape(n),
-                returns.reshape(n),
-                advantages.reshape(n),
-            )
-            metrics = replay_update(
-                self.policy,
-                self.optimiser,
-                self.replay,
-                cfg,
-                self.replay_cfg.replay_batch_size,
-                batch.progress,
-                batch.obs.device,
-            )
+        metrics = store_and_replay(self, batch, returns, advantages)
         learning_rate = self.optimiser.learning_rate
         self.optimiser.end_update()
         metrics.update(

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mario_algos.minibatches import iterate_minibatches
-from mario_algos.offpolicy import add_to_replay, replay_update
+from mario_algos.offpolicy import store_and_replay
 from mario_algos.returns import explained_variance, vtrace
 from mario_cli.config import MarioConfig
 from mario_cli.training.optim import Optimiser
@@ -72,26 +72,7 @@ class Impala:
             pg_losses.append(pg_loss.item())
             value_losses.append(value_loss.item())
             entropies.append(entropy_mean.item())
-        metrics: dict[str, float] = {}
-        if self.replay is not None:
-            n = batch.num_steps * batch.num_envs
-            add_to_replay(
-                self.replay,
-                batch.obs.reshape(n, *batch.obs.shape[2:]),
-                batch.actions.reshape(n),
-                batch.log_probs.reshape(n),
-                vs.reshape(n),
-                pg_advantages.reshape(n),
-            )
-            metrics = replay_update(
-                self.policy,
-                self.optimiser,
-                self.replay,
-                cfg,
-                self.replay_cfg.replay_batch_size,
-                batch.progress,
-                batch.obs.device,
-            )
+        metrics = store_and_replay(self, batch, vs, pg_advantages)
         learning_rate = self.optimiser.learning_rate
         self.optimiser.end_update()
         return metrics | {

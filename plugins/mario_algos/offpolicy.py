@@ -18,15 +18,34 @@ from mario_cli.training.optim import Optimiser
 RHO_CLIP = 1.0
 
 
-def add_to_replay(
-    replay: Any,
-    obs: torch.Tensor,
-    actions: torch.Tensor,
-    log_probs: torch.Tensor,
+def store_and_replay(
+    algorithm: Any,
+    batch: Any,
     returns: torch.Tensor,
     advantages: torch.Tensor,
-) -> None:
-    replay.add(obs, actions, log_probs, returns, advantages)
+) -> dict[str, float]:
+    """Add the rollout (with its return and advantage targets) to the algorithm's
+    replay, then make the extra weighted update; {} without replay."""
+    replay = algorithm.replay
+    if replay is None:
+        return {}
+    n = batch.num_steps * batch.num_envs
+    replay.add(
+        batch.obs.reshape(n, *batch.obs.shape[2:]),
+        batch.actions.reshape(n),
+        batch.log_probs.reshape(n),
+        returns.reshape(n),
+        advantages.reshape(n),
+    )
+    return replay_update(
+        algorithm.policy,
+        algorithm.optimiser,
+        replay,
+        algorithm.cfg,
+        algorithm.replay_cfg.replay_batch_size,
+        batch.progress,
+        batch.obs.device,
+    )
 
 
 def replay_update(
