@@ -58,7 +58,8 @@ class Registry:
         except KeyError:
             choices = ", ".join(sorted(self._items)) or "none registered"
             raise UnknownComponentError(
-                f"unknown {self.kind.rstrip('s')} {name!r}; choose one of: {choices}"
+                f"unknown {self.kind.rstrip('s').replace('_', ' ')} {name!r}; "
+                f"choose one of: {choices}"
             ) from None
 
     def names(self) -> list[str]:

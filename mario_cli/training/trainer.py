@@ -155,8 +155,17 @@ class Trainer:
         self.timer = PhaseTimer()
         self.loop_seconds = 0.0
         self.hints = HintEngine(cfg)
+        self._early_notices: list[str] = []
+        self._started = False
 
     # ----------------------------------------------------------------- events
+    def _note(self, message: str) -> None:
+        """A one-line notice; held until RunStarted so that metrics.jsonl records it."""
+        if self._started:
+            self.emit(Notice(message))
+        else:
+            self._early_notices.append(message)
+
     def emit(self, event: Event) -> None:
         with self.timer("logging"):
             for sink in self.sinks:
@@ -172,10 +181,10 @@ class Trainer:
 
         self.device, note = resolve_device(cfg.train.device)
         if note:
-            self.emit(Notice(note))
+            self._note(note)
         amp_on, amp_dtype, use_scaler = amp_settings(self.device, cfg.train.amp)
         if cfg.train.amp and not amp_on:
-            self.emit(Notice(f"AMP needs CUDA; training in float32 on {self.device.type}"))
+            self._note(f"AMP needs CUDA; training in float32 on {self.device.type}")
         seed_everything(cfg.train.seed)
 
         self.venv = VectorEnv(cfg.env, seed=cfg.train.seed)
@@ -208,10 +217,11 @@ class Trainer:
             mark_latest(self.run)
             self._restore(resumed)
         else:
-            name = cfg.train.run_name or default_run_name(cfg.algo.algo, cfg.env.env_id)
-            self.run = create_run(cfg.train.artifacts_dir, name)
+            # Weights first: a bad --init-model-path must not leave an empty run folder.
             if cfg.train.init_model_path is not None:
                 self._init_weights(cfg.train.init_model_path, cfg.train.allow_partial_init)
+            name = cfg.train.run_name or default_run_name(cfg.algo.algo, cfg.env.env_id)
+            self.run = create_run(cfg.train.artifacts_dir, name)
         self.run.acquire()
         self.run.config.write_text(to_toml(cfg.to_dict()))
         self.checkpoints = CheckpointManager(self.run.root, cfg.train.keep_checkpoints)
@@ -232,6 +242,9 @@ class Trainer:
                 config=cfg.to_dict(),
             )
         )
+        self._started = True
+        for message in self._early_notices:
+            self.emit(Notice(message))
 
     def _check_compatible(self, state: dict[str, Any]) -> None:
         saved_shape = tuple(state.get("obs_shape", ()))
@@ -244,7 +257,7 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         skipped = load_weights(self.policy, state["model"], self.cfg.train.allow_partial_init)
         if skipped:
-            self.emit(Notice(f"partial resume: skipped {', '.join(skipped)}"))
+            self._note(f"partial resume: skipped {', '.join(skipped)}")
         else:
             self.optimiser.load_state_dict(state["optimiser"])
             self.algorithm.load_state_dict(state.get("algorithm", {}))
@@ -260,7 +273,7 @@ class Trainer:
         message = f"initialised weights from {path}"
         if skipped:
             message += f"; skipped (shape or name differs): {', '.join(skipped)}"
-        self.emit(Notice(message))
+        self._note(message)
 
     def _truncate_logs(self, step: int) -> None:
         """Drop metric lines logged after the checkpoint, so the step axis continues."""
@@ -291,7 +304,7 @@ class Trainer:
         except Exception as exc:
             del self.policy.forward  # back to the class's eager forward
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            self.emit(Notice(f"torch.compile failed ({type(exc).__name__}: {first}); eager"))
+            self._note(f"torch.compile failed ({type(exc).__name__}: {first}); eager")
 
     # ------------------------------------------------------------- checkpoint
     def _payload(self, with_optimiser: bool = True) -> dict[str, Any]:
