@@ -248,3 +248,18 @@ def test_nan_loss_stops_with_clear_message(tmp_path: Path, monkeypatch) -> None:
     assert good["global_step"] == 32
     assert all(torch.isfinite(t).all() for t in good["model"].values())
     assert not [e for e in events if isinstance(e, CheckpointSaved) and e.kind == "final"]
+
+
+def test_a_run_in_use_is_refused_and_keeps_its_lock(tmp_path: Path) -> None:
+    _, events = train(tiny_config(tmp_path))
+    checkpoint = Path(events[-1].checkpoint)
+    lock = checkpoint.parent.parent / "run.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(f"{holder.pid}\n")  # another live process trains this run
+        cfg = tiny_config(tmp_path, train={"total_timesteps": 128})
+        with pytest.raises(Exception, match=f"being trained by process {holder.pid}"):
+            Trainer(cfg, resume_from=checkpoint).train()
+        assert lock.read_text().strip() == str(holder.pid)
+    finally:
+        holder.kill()

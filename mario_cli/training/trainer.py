@@ -157,6 +157,7 @@ class Trainer:
         self.hints = HintEngine(cfg)
         self._early_notices: list[str] = []
         self._started = False
+        self._holds_run = False
 
     # ----------------------------------------------------------------- events
     def _note(self, message: str) -> None:
@@ -223,6 +224,7 @@ class Trainer:
             name = cfg.train.run_name or default_run_name(cfg.algo.algo, cfg.env.env_id)
             self.run = create_run(cfg.train.artifacts_dir, name)
         self.run.acquire()
+        self._holds_run = True
         self.run.config.write_text(to_toml(cfg.to_dict()))
         self.checkpoints = CheckpointManager(self.run.root, cfg.train.keep_checkpoints)
         self._compile_policy()
@@ -536,8 +538,9 @@ class Trainer:
 
     def _close(self) -> None:
         """Release the envs and the run (metrics.jsonl stays open for RunFinished)."""
-        if self.run is not None:
+        if self._holds_run:  # never remove the lock of another process training this run
             self.run.release()
+            self._holds_run = False
         if self.venv is not None:
             self.venv.close()
             self.venv = None
