@@ -263,3 +263,19 @@ def test_a_run_in_use_is_refused_and_keeps_its_lock(tmp_path: Path) -> None:
         assert lock.read_text().strip() == str(holder.pid)
     finally:
         holder.kill()
+
+
+def test_a_failing_torch_compile_falls_back_to_eager_with_one_notice(
+    tmp_path: Path, monkeypatch
+) -> None:
+    def broken_compile(fn, *args, **kwargs):
+        def compiled(*a, **k):
+            raise RuntimeError("inductor exploded\nlong trace")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    trainer, events = train(tiny_config(tmp_path, train={"compile": True}))
+    notices = [e.message for e in events if isinstance(e, Notice) and "compile" in e.message]
+    assert notices == ["torch.compile failed (RuntimeError: inductor exploded); running eager"]
+    assert events[-1].status == "finished" and events[-1].step == 64

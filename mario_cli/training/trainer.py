@@ -48,6 +48,7 @@ from mario_cli.training.checkpoint import (
 )
 from mario_cli.training.collector import BackgroundCollector, Collector
 from mario_cli.training.device import (
+    CompileGuard,
     amp_settings,
     configure_threads,
     resolve_device,
@@ -158,6 +159,7 @@ class Trainer:
         self._early_notices: list[str] = []
         self._started = False
         self._holds_run = False
+        self._compile_guard: CompileGuard | None = None
 
     # ----------------------------------------------------------------- events
     def _note(self, message: str) -> None:
@@ -298,15 +300,19 @@ class Trainer:
         if not should_compile(self.device, self.cfg.train.compile):
             return
         eager_forward = self.policy.forward
-        self.policy.forward = torch.compile(eager_forward)
-        try:  # compile errors surface on the first call: try one now
-            dummy = torch.zeros((2, *self.obs_shape), dtype=torch.uint8, device=self.device)
-            self.policy(dummy).value.sum().backward()
-            self.policy.zero_grad(set_to_none=True)
-        except Exception as exc:
-            del self.policy.forward  # back to the class's eager forward
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            self._note(f"torch.compile failed ({type(exc).__name__}: {first}); eager")
+        # An instance attribute: the module (and its state_dict names) stay as they are.
+        self._compile_guard = CompileGuard(torch.compile(eager_forward), eager_forward)
+        self.policy.forward = self._compile_guard
+        dummy = torch.zeros((2, *self.obs_shape), dtype=torch.uint8, device=self.device)
+        self.policy(dummy).value.sum().backward()  # compile errors surface on a first call
+        self.policy.zero_grad(set_to_none=True)
+        self._report_compile_fallback()
+
+    def _report_compile_fallback(self) -> None:
+        guard = self._compile_guard
+        if guard is not None and guard.note is not None:
+            self._note(guard.note)
+            self._compile_guard = None  # said once
 
     # ------------------------------------------------------------- checkpoint
     def _payload(self, with_optimiser: bool = True) -> dict[str, Any]:
@@ -451,6 +457,7 @@ class Trainer:
             metrics["time/total_timesteps"] = self.global_step
             metrics["time/time_elapsed"] = elapsed
             self.emit(IterationStats(self.global_step, self.iteration, total, metrics))
+            self._report_compile_fallback()
             if self.on_iteration is not None:
                 self.on_iteration(self.global_step, metrics)
             with self.timer("logging"):

@@ -6,28 +6,14 @@ One gradient step per rollout on the whole batch, with GAE(lambda) returns
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-
+from mario_algos.base import Algorithm
 from mario_algos.minibatches import iterate_minibatches
 from mario_algos.offpolicy import store_and_replay
 from mario_algos.returns import explained_variance, gae
-from mario_cli.config import MarioConfig
-from mario_cli.training.optim import Optimiser
 from mario_cli.training.rollout import RolloutBatch
 
 
-class A2C:
-    def __init__(
-        self, policy: torch.nn.Module, cfg: MarioConfig, optimiser: Optimiser, replay: Any = None
-    ) -> None:
-        self.policy = policy
-        self.cfg = cfg.algo
-        self.replay_cfg = cfg.replay
-        self.optimiser = optimiser
-        self.replay = replay
-
+class A2C(Algorithm):
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.cfg
         advantages, returns = gae(
@@ -74,9 +60,3 @@ class A2C:
             }
         )
         return metrics
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass

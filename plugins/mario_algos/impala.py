@@ -7,31 +7,19 @@ need the whole sequence), then one pass of minibatch SGD uses them.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
+from mario_algos.base import Algorithm
 from mario_algos.minibatches import iterate_minibatches
 from mario_algos.offpolicy import store_and_replay
 from mario_algos.returns import explained_variance, vtrace
-from mario_cli.config import MarioConfig
-from mario_cli.training.optim import Optimiser
 from mario_cli.training.rollout import RolloutBatch
 
 
-class Impala:
+class Impala(Algorithm):
     # The trainer runs collection in a background actor thread for this algorithm.
     asynchronous = True
-
-    def __init__(
-        self, policy: torch.nn.Module, cfg: MarioConfig, optimiser: Optimiser, replay: Any = None
-    ) -> None:
-        self.policy = policy
-        self.cfg = cfg.algo
-        self.replay_cfg = cfg.replay
-        self.optimiser = optimiser
-        self.replay = replay
 
     @torch.no_grad()
     def _targets(self, batch: RolloutBatch) -> tuple[torch.Tensor, ...]:
@@ -86,9 +74,3 @@ class Impala:
             "train/value_loss": float(np.mean(value_losses)),
             "train/grad_norm": self.optimiser.last_grad_norm,
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass

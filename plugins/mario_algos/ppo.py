@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
+from mario_algos.base import Algorithm
 from mario_algos.minibatches import iterate_minibatches
 from mario_algos.offpolicy import store_and_replay
 from mario_algos.returns import explained_variance, gae
-from mario_cli.config import MarioConfig
-from mario_cli.training.optim import Optimiser
 from mario_cli.training.rollout import RolloutBatch
 
 
-class PPO:
+class PPO(Algorithm):
     """Proximal Policy Optimization (Schulman et al. 2017), Stable-Baselines3's metrics.
 
     ``target_kl`` is a loose fuse, as in Stable-Baselines3: the epoch loop stops
     once a minibatch's approximate KL exceeds 1.5 x target_kl.
     """
-
-    def __init__(
-        self, policy: torch.nn.Module, cfg: MarioConfig, optimiser: Optimiser, replay: Any = None
-    ) -> None:
-        self.policy = policy
-        self.cfg = cfg.algo
-        self.replay_cfg = cfg.replay
-        self.optimiser = optimiser
-        self.replay = replay
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.cfg
@@ -96,9 +84,3 @@ class PPO:
             "train/grad_norm": self.optimiser.last_grad_norm,
             "train/stopped_early": float(stopped_early),
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
