@@ -162,7 +162,9 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Compute device.")
     amp: bool | None = Field(None, description="Mixed precision on CUDA (None: auto).")
     compile: bool | None = Field(None, description="torch.compile the policy (None: auto).")
-    torch_threads: int = Field(0, ge=0, description="Learner threads (0: cores not used by envs).")
+    torch_threads: int = Field(
+        0, ge=0, description="Update threads (0: one per core; collection uses 1)."
+    )
     save_freq: int = Field(50_000, ge=1, description="Checkpoint every this many agent steps.")
     keep_checkpoints: int = Field(3, ge=1, description="Rotated checkpoints kept besides best.")
     run_name: str | None = Field(None, description="Run folder name (default: algo-stage-time).")

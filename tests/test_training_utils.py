@@ -188,12 +188,12 @@ def test_configure_threads(monkeypatch) -> None:
     original = torch.get_num_threads()
     try:
         monkeypatch.setattr(dev, "_cpu_count", lambda: 2)
-        assert configure_threads(n_env_workers=2, requested=0) == 1
-        assert torch.get_num_threads() == 1
-        monkeypatch.setattr(dev, "_cpu_count", lambda: 8)
-        assert configure_threads(n_env_workers=3, requested=0) == 5
-        assert configure_threads(n_env_workers=3, requested=2) == 2
+        assert configure_threads(requested=0) == 2
         assert torch.get_num_threads() == 2
+        monkeypatch.setattr(dev, "_cpu_count", lambda: 8)
+        assert configure_threads(requested=0) == 8
+        assert configure_threads(requested=3) == 3
+        assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(original)
 

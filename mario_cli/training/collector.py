@@ -62,7 +62,6 @@ class Collector:
         self.state = initial(self.venv.num_envs, self.device) if initial else None
         self.steps_collected = steps_done
 
-    @torch.no_grad()
     def collect(
         self,
         policy: torch.nn.Module,
@@ -75,7 +74,8 @@ class Collector:
         n_envs = self.venv.num_envs
         episodes: list[tuple[int, int, dict[str, Any]]] = []
         obs, starts, state = self.obs, self.starts, self.state
-        initial_state = state
+        # Made outside inference mode: the learner back-propagates through it.
+        initial_state = _normal_copy(state)
         reset_noise = getattr(policy, "reset_noise", None)
         if reset_noise is not None:
             with lock:
@@ -85,7 +85,7 @@ class Collector:
             if should_stop():
                 storage.step = 0
                 return None
-            with self.timer("inference"), lock, self.autocast():
+            with self.timer("inference"), lock, torch.inference_mode(), self.autocast():
                 actions, log_probs, values, state = policy.act(obs, state, starts)
                 actions_np = actions.cpu().numpy()
             with self.timer("env_wait"):
@@ -95,7 +95,7 @@ class Collector:
             if cut.size:
                 # A truncated episode did not end in the game: bootstrap its last value.
                 final = torch.from_numpy(np.stack([infos[i]["final_obs"] for i in cut]))
-                with lock, self.autocast():
+                with lock, torch.inference_mode(), self.autocast():
                     final_state = policy.select_state(state, cut)
                     done = torch.zeros(len(cut), device=self.device)
                     value = policy(final.to(self.device), final_state, done).value.float()
@@ -108,7 +108,7 @@ class Collector:
             ]
             obs = torch.from_numpy(next_obs).to(self.device)
             starts = dones
-        with lock, self.autocast():
+        with lock, torch.inference_mode(), self.autocast():
             last_value = policy(obs, state, starts).value.float()
         self.obs, self.starts, self.state = obs, starts, state
         self.steps_collected += self.n_steps * n_envs
@@ -192,6 +192,15 @@ class BackgroundCollector:
         with contextlib.suppress(queue.Empty):
             self._queue.get_nowait()
         self._thread.join(timeout=60)
+
+
+def _normal_copy(state: Any) -> Any:
+    """A recurrent state (tensor or tuple of tensors) as ordinary tensors."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.clone()
+    return type(state)(_normal_copy(s) for s in state)
 
 
 def _forever():

@@ -156,13 +156,13 @@ def _cpu_count() -> int:
     return counter() or 1
 
 
-def configure_threads(n_env_workers: int, requested: int) -> int:
-    """Set torch's intra-op threads for the learner and return how many.
+def configure_threads(requested: int) -> int:
+    """Set torch's intra-op threads for the learner's update and return how many.
 
-    ``requested > 0`` is used as is; otherwise the learner gets the cores the env
-    workers leave, at least one (so on a 2-core box with 2 workers it gets 1).
+    ``requested > 0`` is used as is; 0 gives one per core. Collection waits on the
+    env workers, which use every core, so the trainer drops to one thread there.
     """
-    threads = requested if requested > 0 else max(1, _cpu_count() - max(0, n_env_workers))
+    threads = requested if requested > 0 else _cpu_count()
     torch.set_num_threads(threads)
     return threads
 

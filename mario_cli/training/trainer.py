@@ -191,7 +191,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
 
         self.venv = VectorEnv(cfg.env, seed=cfg.train.seed)
-        threads = configure_threads(0, cfg.train.torch_threads)
+        threads = configure_threads(cfg.train.torch_threads)
         obs_space = self.venv.single_observation_space
         self.obs_shape = tuple(obs_space.shape)
         self.n_actions = int(self.venv.single_action_space.n)
