@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
 from mario_cli.errors import ConfigError
 
@@ -267,6 +267,14 @@ class MarioConfig(BaseSettings):
     ui: UiConfig = Field(default_factory=UiConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
 
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: Any, *_sources: Any, **_: Any
+    ) -> tuple[Any, ...]:
+        # load_config layers MARIO_* itself (to name the variable in errors); validating
+        # must not read the process environment a second time.
+        return (init_settings,)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-friendly dict keyed by section (unset values are None)."""
         return self.model_dump(mode="json")
@@ -327,7 +335,17 @@ def read_env_vars(environ: dict[str, str] | None = None) -> dict[str, Any]:
         env_parse_none_str="none",
     )
     source.env_vars = {k.lower(): v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
-    return source()
+    try:
+        return source()
+    except SettingsError as exc:
+        section = str(exc).partition('field "')[2].partition('"')[0]
+        prefix = f"{ENV_PREFIX}{section}{ENV_NESTED_DELIMITER}".upper()
+        names = sorted(n for n in environ if n.upper().startswith(prefix)) or [prefix + "*"]
+        which = names[0] if len(names) == 1 else "one of " + ", ".join(names)
+        raise ConfigError(
+            f"env var {which} could not be parsed; write lists as JSON, "
+            """e.g. MARIO_ENV__STAGES='["1-1", "1-2"]'"""
+        ) from None
 
 
 def find_config_file(explicit: Path | None) -> Path | None:
@@ -393,7 +411,7 @@ def _origin_label(origin: str, loc: list[str]) -> str:
     if origin == "environment":
         return "env var " + ENV_PREFIX + ENV_NESTED_DELIMITER.join(p.upper() for p in loc[:2])
     if origin == "flags":
-        return "flag --" + (loc[-1] if len(loc) > 1 else loc[0]).replace("_", "-")
+        return "flag --" + (loc[1] if len(loc) > 1 else loc[0]).replace("_", "-")
     return origin
 
 

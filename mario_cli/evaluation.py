@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from mario_cli.config import EnvConfig, MarioConfig
 from mario_cli.errors import ConfigError, MarioError
@@ -170,7 +171,11 @@ def parse_stages(text: str) -> list[str]:
     if text.strip().lower() == "all":
         return list(EnvConfig().stages)
     stages = [s.strip() for s in text.split(",") if s.strip()]
-    EnvConfig(stages=stages)  # validates the W-S form
+    try:
+        EnvConfig(stages=stages)  # validates the W-S form
+    except ValidationError as exc:
+        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"--stages {text!r}: {message}; e.g. --stages 1-1,1-2 or all") from None
     return stages
 
 

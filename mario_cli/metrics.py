@@ -8,14 +8,17 @@ from typing import Any
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Every JSON line of a metrics file; a line cut short by a kill is skipped."""
+    """Every JSON object line of a metrics file; a line cut short by a kill or otherwise
+    damaged is skipped, so one bad line never hides a run."""
     records = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8", errors="replace") as handle:
         for line in handle:
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(record, dict):
+                records.append(record)
     return records
 
 

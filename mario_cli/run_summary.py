@@ -40,12 +40,13 @@ def summarise_run(run: RunPaths) -> RunSummary:
     if run.running_pid() is not None:
         status = "running"
     elif finished:
-        status = finished[-1]["status"]
+        status = str(finished[-1].get("status", "finished"))
     elif started:
         status = "crashed"  # started, never said it finished, and nobody holds it
     else:
         status = "new"
-    last = iterations[-1]["metrics"] if iterations else {}
+    last = iterations[-1].get("metrics", {}) if iterations else {}
+    begun = started[-1] if started else {}
     manager = CheckpointManager(run.root, keep=1_000_000)
     checkpoints = [{"step": step, "path": str(path)} for step, path in manager.list()]
     for special in (manager.best_path, manager.final_path):
@@ -54,10 +55,10 @@ def summarise_run(run: RunPaths) -> RunSummary:
     return RunSummary(
         name=run.name,
         path=str(run.root),
-        algo=started[-1]["algo"] if started else None,
-        env_id=started[-1]["env_id"] if started else None,
-        steps=int(iterations[-1]["step"]) if iterations else 0,
-        total_timesteps=int(started[-1]["total_timesteps"]) if started else None,
+        algo=begun.get("algo"),
+        env_id=begun.get("env_id"),
+        steps=int(iterations[-1].get("step", 0)) if iterations else 0,
+        total_timesteps=_int_or_none(begun.get("total_timesteps")),
         status=status,
         ep_rew_mean=last.get("rollout/ep_rew_mean"),
         avg_max_x_pos=last.get("rollout/avg_max_x_pos"),
@@ -65,3 +66,7 @@ def summarise_run(run: RunPaths) -> RunSummary:
         best_checkpoint=str(manager.best_path) if manager.best_path.is_file() else None,
         checkpoints=checkpoints,
     )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -215,18 +215,21 @@ def test_rotation_keeps_newest(tmp_path: Path) -> None:
     manager = CheckpointManager(tmp_path, keep=2)
     assert manager.latest() is None and manager.list() == []
     for step in (100, 200, 300, 400):
-        path = manager.save({"step": step}, step=step)
+        path = manager.save({"global_step": step}, step=step)
         assert path.name == f"ckpt_{step:012d}.pt"
-    assert manager.save_best({"step": 400}, score=1.0)
-    manager.save_final({"step": 450})
+    assert manager.save_best({"global_step": 400}, score=1.0)
+    assert manager.latest() == manager.list()[-1][1]
+    manager.save_final({"global_step": 450})
     assert [step for step, _ in manager.list()] == [300, 400]
     names = sorted(os.listdir(tmp_path / "checkpoints"))
     assert names == ["best.pt", "ckpt_000000000300.pt", "ckpt_000000000400.pt", "final.pt"]
-    latest = manager.latest()
-    assert latest is not None and load_checkpoint(latest)["step"] == 400
-    # Steps compare as numbers, not text.
-    manager.save({"step": 1000}, step=1000)
+    # final.pt is newer than every rotating checkpoint: resume continues from it.
+    assert manager.latest() == manager.final_path
+    # Steps compare as numbers, not text; a run resumed past final.pt saves newer ones.
+    manager.save({"global_step": 1000}, step=1000)
     assert [step for step, _ in manager.list()] == [400, 1000]
+    latest = manager.latest()
+    assert latest is not None and load_checkpoint(latest)["global_step"] == 1000
 
 
 def test_latest_falls_back_to_final(tmp_path: Path) -> None:
@@ -250,6 +253,15 @@ def test_best_only_on_improvement_and_recovered(tmp_path: Path) -> None:
     assert again.save_best({"tag": "e"}, 12.5)
     best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
     assert best["tag"] == "e" and best["best_score"] == 12.5
+
+
+def test_damaged_best_is_replaced_by_the_next_best(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best.pt").write_bytes(b"not a checkpoint")
+    manager = CheckpointManager(tmp_path, keep=1)  # listing a run must not fail on it
+    assert manager.best_score is None
+    assert manager.save_best({"tag": "new"}, 3.0)
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["best_score"] == 3.0
 
 
 def test_load_weights_exact(tmp_path: Path) -> None:

@@ -96,12 +96,21 @@ def test_bad_env_var_and_flag_are_attributed() -> None:
         load_config(cli_overrides={"env": {"movement": "sideways"}}, environ={})
 
 
+def test_env_vars_come_only_from_the_environ_given(monkeypatch) -> None:
+    monkeypatch.setenv("MARIO_ALGO__GAMMA", "0.5")
+    assert load_config(environ={}).algo.gamma == MarioConfig().algo.gamma
+    assert load_config(environ={"MARIO_ENV__STAGES": '["1-2"]'}).env.stages == ["1-2"]
+    assert load_config().algo.gamma == 0.5  # None: the process environment
+
+
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
         (["--n-envs", "many"], {}, "flag --n-envs: env.n_envs = 'many'"),
         ([], {"MARIO_ENV__FRAME_SKIP": "0"}, "env var MARIO_ENV__FRAME_SKIP"),
         (["--config", "nope.toml"], {}, "nope.toml not found"),
+        ([], {"MARIO_ENV__STAGES": "1-1"}, "env var MARIO_ENV__STAGES could not be parsed"),
+        (["--impala-channels", "a,b"], {}, "flag --impala-channels: model.impala_channels"),
     ],
 )
 def test_cli_config_errors_are_one_line_exit_2(

@@ -176,6 +176,31 @@ def test_runs_json_lists_steps_and_status(trained: Path) -> None:
     assert any(c["path"].endswith("final.pt") for c in detail["checkpoints"])
 
 
+def test_runs_lists_a_damaged_run_next_to_good_ones(trained: Path, tmp_path: Path) -> None:
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "runs").mkdir(parents=True)
+    for name in ("tiny-a", "tiny-b"):
+        (artifacts / "runs" / name).symlink_to(trained / "runs" / name)
+    damaged = artifacts / "runs" / "damaged"
+    (damaged / "checkpoints").mkdir(parents=True)
+    (damaged / "checkpoints" / "best.pt").write_bytes(b"junk")
+    (damaged / "metrics.jsonl").write_bytes(
+        b'{"type": "RunStarted", "run_name": "damaged"}\n'  # no algo, env or budget
+        b"[1, 2]\n"
+        b'{"type": "IterationStats", "step": 64, "metrics": {"rollout/avg_max_x_pos": 300.0}}\n'
+        b"\xff\xfe not utf-8\n"
+    )
+    result = run_mario("runs", "--json", "--artifacts-dir", str(artifacts))
+    assert result.returncode == 0, result.stderr
+    runs = {r["name"]: r for r in json.loads(result.stdout)}
+    assert set(runs) == {"tiny-a", "tiny-b", "damaged"}
+    assert runs["damaged"]["steps"] == 64 and runs["damaged"]["avg_max_x_pos"] == 300.0
+    assert runs["damaged"]["algo"] is None and runs["damaged"]["status"] == "crashed"
+    assert runs["tiny-a"]["status"] == "finished"
+    table = run_mario("runs", "--artifacts-dir", str(artifacts))
+    assert table.returncode == 0 and "damaged" in table.stdout, table.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -186,6 +211,7 @@ def test_runs_json_lists_steps_and_status(trained: Path) -> None:
         (["record", "tiny-a", "--output", "/proc/nope/x.mp4"], "cannot create"),
         (["record", "tiny-a", "--output", "clip.avi"], "must end in .mp4"),
         (["plot", "tiny-a", "--x", "epochs"], "--x"),
+        (["eval", "tiny-a", "--stages", "1x1"], "--stages '1x1': stage '1x1' is not of the form"),
     ],
 )
 def test_errors_are_one_line_without_traceback(

@@ -185,3 +185,33 @@ def test_build_policy_honours_noisy(noisy: bool) -> None:
     assert isinstance(policy.actor, NoisyLinear) is noisy
     if noisy:
         assert policy.critic.sigma0 == 0.3
+
+
+def test_the_trainer_collects_rollouts_with_the_noise_on(tmp_path) -> None:
+    from mario_cli.training.trainer import Trainer
+
+    cfg = load_config(
+        cli_overrides={
+            "env": {"n_envs": 2, "vector_mode": "sync"},
+            "model": {"noisy": True},
+            "algo": {"n_steps": 8, "batch_size": 16},
+            "train": {"total_timesteps": 16, "artifacts_dir": str(tmp_path)},
+        },
+        environ={},
+    )
+    trainer = Trainer(cfg)
+    try:
+        trainer._setup()
+        trainer.collector.reset(0, trainer.policy, 0)
+        batch = trainer._collect_sync()
+        obs, actions = batch.obs.flatten(0, 1), batch.actions.flatten()
+        with torch.no_grad():
+            noisy_log_probs, _, _ = trainer.policy.evaluate_actions(obs, actions)
+            trainer.policy.eval()
+            _, _, mean_values = trainer.policy.evaluate_actions(obs, actions)
+    finally:
+        trainer._close()
+    # The rollout was acted with this rollout's noise (what the update will see) ...
+    assert torch.allclose(batch.log_probs.flatten(), noisy_log_probs, atol=1e-5)
+    # ... not with the noise-free mean weights that eval uses.
+    assert not torch.allclose(batch.values.flatten(), mean_values, atol=1e-4)

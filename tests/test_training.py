@@ -104,6 +104,34 @@ def test_resume_continues_step_count_and_optimizer_state(tmp_path: Path) -> None
     assert resumed.run.root == checkpoint.parent.parent
 
 
+def test_resume_takes_the_new_learning_rate_and_resumes_from_best(tmp_path: Path) -> None:
+    _, first = train(tiny_config(tmp_path))
+    final = Path(first[-1].checkpoint)
+    saved_updates = load_checkpoint(final)["optimiser"]["scheduler"]["last_epoch"]
+    cfg = tiny_config(
+        tmp_path,
+        algo={"learning_rate": 1e-3, "lr_schedule": "constant"},
+        train={"total_timesteps": 128},
+    )
+    resumed = Trainer(cfg, resume_from=final)
+    try:
+        resumed._setup()
+        assert resumed.optimiser.learning_rate == pytest.approx(1e-3)
+        assert resumed.optimiser.scheduler.last_epoch == saved_updates
+    finally:
+        resumed._close()
+
+    best = final.parent / "best.pt"
+    assert "optimiser" not in load_checkpoint(best)  # best.pt keeps weights only
+    events: list[Event] = []
+    from_best = Trainer(
+        tiny_config(tmp_path, train={"total_timesteps": 128}), [events.append], resume_from=best
+    )
+    finished = from_best.train()
+    assert finished.status == "finished" and finished.step == 128
+    assert any(isinstance(e, Notice) and "holds weights only" in e.message for e in events)
+
+
 def test_partial_init_skips_exactly_the_action_head(tmp_path: Path) -> None:
     _, events = train(tiny_config(tmp_path, env={"movement": "right_only"}))
     source = Path(events[-1].checkpoint)
@@ -149,11 +177,20 @@ def test_partial_init_error_through_the_cli_is_one_line(tmp_path: Path) -> None:
 def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path: Path) -> None:
     result = run_mario("resume", str(tmp_path / "nope.pt"))
     assert result.returncode == 1 and "not found" in result.stderr
-    broken = tmp_path / "broken.pt"
+    broken = tmp_path / "run" / "checkpoints" / "broken.pt"
+    broken.parent.mkdir(parents=True)
     broken.write_bytes(b"PK\x03\x04 truncated")
     result = run_mario("resume", str(broken))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and str(broken) in result.stderr
+    # A checkpoint outside a run folder has no run to continue: say how to start one.
+    loose = tmp_path / "weights.pt"
+    loose.write_bytes(b"")
+    result = run_mario("resume", str(loose))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"mario resume --init-model-path {loose}" in result.stderr
+    result = run_mario("resume", "somerun", "--init-model-path", str(loose))
+    assert result.returncode == 1 and "not both" in result.stderr
     result = run_mario("resume")
     assert result.returncode == 1 and "mario train" in result.stderr
 
@@ -254,13 +291,18 @@ def test_a_run_in_use_is_refused_and_keeps_its_lock(tmp_path: Path) -> None:
     _, events = train(tiny_config(tmp_path))
     checkpoint = Path(events[-1].checkpoint)
     lock = checkpoint.parent.parent / "run.lock"
+    metrics = checkpoint.parent.parent / "metrics.jsonl"
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock.write_text(f"{holder.pid}\n")  # another live process trains this run
+        with metrics.open("a") as handle:  # ... and has logged past the checkpoint
+            handle.write(json.dumps({"type": "IterationStats", "step": 96}) + "\n")
+        logged = metrics.read_text()
         cfg = tiny_config(tmp_path, train={"total_timesteps": 128})
         with pytest.raises(Exception, match=f"being trained by process {holder.pid}"):
             Trainer(cfg, resume_from=checkpoint).train()
         assert lock.read_text().strip() == str(holder.pid)
+        assert metrics.read_text() == logged  # its log was not cut back to the checkpoint
     finally:
         holder.kill()
 

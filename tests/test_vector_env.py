@@ -11,7 +11,7 @@ import pytest
 
 from mario_cli.config import EnvConfig
 from mario_cli.envs import VectorEnv
-from mario_cli.errors import EnvWorkerError
+from mario_cli.errors import ConfigError, EnvWorkerError
 
 
 def scripted_actions(steps: int, n_envs: int) -> np.ndarray:
@@ -94,3 +94,18 @@ def test_env_error_in_worker_names_the_env() -> None:
         venv.reset()
         with pytest.raises(EnvWorkerError, match=r"env worker \d \(env \d, .*IndexError"):
             venv.step(np.array([0, 99]))  # no action 99
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"env_id": "SuperMarioBros-9-9-v0"}, "unknown env id"),
+        ({"wrappers": ["frame_skip", "blur"]}, "unknown wrapper 'blur'"),
+    ],
+)
+def test_config_mistakes_are_config_errors_before_any_worker_starts(
+    change: dict, expected: str
+) -> None:
+    cfg = EnvConfig(n_envs=2).model_copy(update=change)
+    with pytest.raises(ConfigError, match=expected):
+        VectorEnv(cfg, seed=0, mode="process", n_workers=2)

@@ -43,7 +43,12 @@ def resume(
     overrides = overrides or {}
     artifacts = Path(overrides.get("train", {}).get("artifacts_dir", "artifacts"))
     init_path = overrides.get("train", {}).get("init_model_path")
-    if init_path is not None and target is None:
+    if init_path is not None and target is not None:
+        raise MarioError(
+            f"pass either a run to continue ({target}) or --init-model-path to start a new run "
+            "from those weights, not both"
+        )
+    if init_path is not None:
         state = load_checkpoint(Path(init_path))
         cfg = load_config(config, overrides, base=_fresh_run_config(state["config"]))
         run_training(cfg)
@@ -68,7 +73,13 @@ def _fresh_run_config(saved: dict[str, Any]) -> dict[str, Any]:
 
 def _resolve_checkpoint(target: str | None, artifacts: Path, resolve_run, manager_cls) -> Path:
     if target is not None and Path(target).is_file():
-        return Path(target)
+        path = Path(target)
+        if path.parent.name != "checkpoints":
+            raise MarioError(
+                f"{path} is not in a run's checkpoints/ folder, so there is no run to continue; "
+                f"start a new run from its weights: mario resume --init-model-path {path}"
+            )
+        return path
     if target is not None and target.endswith(".pt"):
         raise MarioError(f"checkpoint {target} not found; list runs with `mario runs`")
     run = resolve_run(target, artifacts)

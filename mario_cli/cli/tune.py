@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -58,8 +59,11 @@ def tune(
         load_if_exists=True,
         direction="maximize",
         sampler=make_sampler(tune_cfg.sampler, cfg.train.seed),
-        pruner=make_pruner(tune_cfg.pruner, cfg.train.total_timesteps),
+        pruner=make_pruner(tune_cfg.pruner, tune_cfg.timesteps_per_trial),
     )
+    if tune_cfg.total_trials or study.trials:
+        # Workers sharing a study (or a study continued) must not replay the same draws.
+        study.sampler = make_sampler(tune_cfg.sampler, (cfg.train.seed + os.getpid()) % 2**32)
     finished_states = (
         optuna.trial.TrialState.COMPLETE,
         optuna.trial.TrialState.PRUNED,
@@ -129,15 +133,13 @@ def tune(
 
     objective = make_objective(cfg, space, study.study_name, new_control, on_trial_start)
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    from mario_cli.errors import MarioError
-
     try:
         with Live(table(), console=console, refresh_per_second=2) as live:
             study.optimize(
                 objective,
                 n_trials=None if tune_cfg.total_trials else tune_cfg.trials,
                 n_jobs=tune_cfg.n_jobs,
-                catch=(MarioError,),
+                catch=(Exception,),  # a crashed trial is recorded as failed; the study goes on
                 callbacks=callbacks,
             )
     finally:

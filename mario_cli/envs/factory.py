@@ -8,7 +8,7 @@ import gymnasium as gym
 
 from mario_cli.config import EnvConfig
 from mario_cli.envs.core import MarioCore
-from mario_cli.envs.stages import StageSpec, parse_env_id, stage_spec
+from mario_cli.envs.stages import StageSpec, action_bytes, parse_env_id, stage_spec
 
 
 class EpisodeStats(gym.Wrapper):
@@ -45,6 +45,18 @@ def stage_specs(cfg: EnvConfig) -> list[StageSpec]:
     if not cfg.random_stage:
         return [main]
     return [stage_spec(stage, main.lost_levels) for stage in cfg.stages]
+
+
+def check_env_config(cfg: EnvConfig) -> None:
+    """Raise the ConfigError make_env would, without starting an emulator (so a bad env
+    id, stage, action set or wrapper name is reported here, not by a worker process)."""
+    from mario_cli.plugins import get_host
+
+    wrappers = get_host()["wrappers"]
+    for name in cfg.wrappers:
+        wrappers.get(name)
+    stage_specs(cfg)
+    action_bytes(cfg.movement)
 
 
 def make_env(cfg: EnvConfig, seed: int | None = None, render_mode: str | None = None) -> gym.Env:

@@ -164,6 +164,9 @@ class VectorEnv:
                 (self.num_envs, *self.single_observation_space.shape), dtype=np.uint8
             )
         else:
+            from mario_cli.envs.factory import check_env_config
+
+            check_env_config(cfg)  # a config mistake is a ConfigError, not a worker crash
             workers = n_workers if n_workers else (cfg.n_workers or None)
             self._start_workers(min(workers or default_worker_count(self.num_envs), self.num_envs))
         self._needs_reset = True

@@ -212,12 +212,22 @@ class CheckpointManager:
             raise ValueError(f"keep must be at least 1, got {keep}")
         self.directory = Path(run_dir) / "checkpoints"
         self.keep = keep
-        self.best_score: float | None = None
-        best = self.directory / BEST_NAME
-        if best.is_file():
-            score = load_checkpoint(best).get("best_score")
-            if isinstance(score, int | float) and not isinstance(score, bool):
-                self.best_score = float(score)
+        self._best_score: float | None = None
+        self._best_read = False  # best.pt is read only when a score is needed
+
+    @property
+    def best_score(self) -> float | None:
+        """The score saved in ``best.pt``; None if there is none or it is unreadable."""
+        if not self._best_read:
+            self._best_read = True
+            if self.best_path.is_file():
+                try:
+                    score = load_checkpoint(self.best_path).get("best_score")
+                except CheckpointError:
+                    score = None  # a damaged best.pt is simply replaced by the next best
+                if isinstance(score, int | float) and not isinstance(score, bool):
+                    self._best_score = float(score)
+        return self._best_score
 
     @property
     def best_path(self) -> Path:
@@ -244,7 +254,7 @@ class CheckpointManager:
         if self.best_score is not None and score <= self.best_score:
             return False
         save_checkpoint(self.best_path, {**payload, "best_score": score})
-        self.best_score = score
+        self._best_score, self._best_read = score, True
         return True
 
     def save_final(self, payload: dict[str, Any]) -> Path:
@@ -252,11 +262,15 @@ class CheckpointManager:
         return save_checkpoint(self.final_path, payload)
 
     def latest(self) -> Path | None:
-        """The rotating checkpoint with the highest step, else ``final.pt``, else None."""
+        """The checkpoint with the highest step: the newest rotating one or ``final.pt``."""
         rotating = self.list()
-        if rotating:
-            return rotating[-1][1]
-        return self.final_path if self.final_path.is_file() else None
+        if not self.final_path.is_file():
+            return rotating[-1][1] if rotating else None
+        if not rotating:
+            return self.final_path
+        final_step = load_checkpoint(self.final_path).get("global_step", -1)
+        newest_step, newest = rotating[-1]
+        return self.final_path if int(final_step) >= newest_step else newest
 
     def list(self) -> list[tuple[int, Path]]:
         """Rotating checkpoints as ``(step, path)``, oldest first."""

@@ -132,8 +132,7 @@ class BackgroundCollector:
         should_stop: Callable[[], bool],
     ) -> None:
         self.collector = collector
-        self.actor = copy.deepcopy(learner)
-        self.actor.eval()
+        self.actor = copy.deepcopy(learner)  # train mode: noisy heads explore
         self.storages = storages
         self.should_stop = should_stop
         self.version = 0

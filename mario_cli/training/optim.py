@@ -95,7 +95,20 @@ class Optimiser:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore moments, schedule position and scaler; lr and weight decay stay the
+        config's, so `mario resume --learning-rate X` takes effect."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        self.set_schedule_position(self.scheduler.last_epoch)
+
+    def set_schedule_position(self, updates: int) -> None:
+        """Put the lr schedule after ``updates`` updates of the configured peak lr."""
+        self.scheduler.base_lrs = [self.cfg.learning_rate] * len(self.optimizer.param_groups)
+        self.scheduler.last_epoch = updates
+        factor = self.scheduler.lr_lambdas[0](updates)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.cfg.learning_rate
+            group["weight_decay"] = self.cfg.weight_decay
+            group["lr"] = self.cfg.learning_rate * factor
