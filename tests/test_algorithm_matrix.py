@@ -9,7 +9,7 @@ import torch
 
 from mario_cli.config import MarioConfig, load_config
 from mario_cli.errors import CheckpointError
-from mario_cli.events import Event, IterationStats, RunFinished
+from mario_cli.events import Event, IterationStats, Notice, RunFinished
 from mario_cli.training.checkpoint import load_checkpoint
 from mario_cli.training.trainer import Trainer
 
@@ -71,6 +71,10 @@ def test_trains_two_iterations_and_resumes(
         )
     if "replay" in extra:
         assert "replay/size" in stats[-1].metrics
+        notes = [
+            e.message for e in events if isinstance(e, Notice) and "zero recurrent" in e.message
+        ]
+        assert len(notes) == (core != "none")  # the approximation is said, once
     state = load_checkpoint(Path(finished.checkpoint))
     changed = sum(
         not torch.equal(t, state["model"][name]) for name, t in initial.state_dict().items()

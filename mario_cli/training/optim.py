@@ -81,10 +81,14 @@ class Optimiser:
         self.optimizer.zero_grad(set_to_none=True)
         self._pending = 0
 
-    def end_update(self) -> None:
-        """Apply a partial accumulation, then advance the schedule by one update."""
+    def flush(self) -> None:
+        """Apply a partial accumulation, if any."""
         if self._pending:
             self.step()
+
+    def end_update(self) -> None:
+        """Apply a partial accumulation, then advance the schedule by one update."""
+        self.flush()
         self.scheduler.step()
 
     def state_dict(self) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from mario_cli.events import (
 )
 from mario_cli.runs import RunPaths, create_run, default_run_name, mark_latest
 from mario_cli.sinks.jsonl import JsonlSink
-from mario_cli.training.builders import build_algorithm, build_policy
+from mario_cli.training.builders import build_algorithm, build_policy, replay_name
 from mario_cli.training.checkpoint import (
     CheckpointManager,
     capture_rng_state,
@@ -205,6 +205,11 @@ class Trainer:
             self.policy.parameters(), cfg.algo, total_updates, self.device, amp_dtype, use_scaler
         )
         self.algorithm = build_algorithm(cfg, self.policy, self.optimiser, self.obs_shape)
+        if replay_name(cfg) and cfg.model.recurrent != "none":
+            self._note(
+                f"replay with the {cfg.model.recurrent} core: replayed steps are evaluated "
+                "from a zero recurrent state (per-step states are not stored)"
+            )
         self.storage = RolloutStorage(cfg.algo.n_steps, cfg.env.n_envs, self.obs_shape, self.device)
         self.collector = Collector(
             self.venv,

@@ -60,6 +60,7 @@ def replay_update(
     """One weighted update on a replay sample; returns replay/* metrics."""
     if len(replay) < batch_size:
         return {}
+    optimiser.flush()  # the main update's leftover gradients are not the replay's
     sample = replay.sample(batch_size, progress, device)
     with optimiser.autocast():
         log_probs, entropy, values = policy.evaluate_actions(sample.obs, sample.actions)
