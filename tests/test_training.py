@@ -105,8 +105,10 @@ def test_resume_continues_step_count_and_optimizer_state(tmp_path: Path) -> None
 
 
 def test_resume_takes_the_new_learning_rate_and_resumes_from_best(tmp_path: Path) -> None:
-    _, first = train(tiny_config(tmp_path))
+    trainer, first = train(tiny_config(tmp_path))
     final = Path(first[-1].checkpoint)
+    # best.pt as the trainer writes it (a tiny run has too few episodes to judge one).
+    assert trainer.checkpoints.save_best(trainer._payload(with_optimiser=False), score=1.0)
     saved_updates = load_checkpoint(final)["optimiser"]["scheduler"]["last_epoch"]
     cfg = tiny_config(
         tmp_path,
