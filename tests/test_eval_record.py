@@ -9,6 +9,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
+from mario_cli.cli.eval import repeats_one_episode
 from mario_cli.config import load_config
 from mario_cli.envs import make_env
 from mario_cli.errors import MarioError
@@ -53,6 +54,23 @@ def test_eval_json_keys_and_consistency(trained: Path) -> None:
     assert data["clear_rate"] == pytest.approx(np.mean([e["cleared"] for e in episodes]))
     assert data["avg_length"] == pytest.approx(np.mean([e["length"] for e in episodes]))
     assert data["model"].endswith("final.pt")
+
+
+def test_greedy_eval_says_when_every_episode_was_the_same(trained: Path) -> None:
+    args = ("eval", "tiny-a", "--episodes", "2", "--artifacts-dir", str(trained))
+    data = json.loads(run_mario(*args, "--json").stdout)
+    first, second = data["per_episode"]
+    same = all(first[k] == second[k] for k in ("length", "max_x_pos", "return"))
+    assert repeats_one_episode(data) == same
+    table = run_mario(*args)
+    assert table.returncode == 0, table.stderr
+    assert ("repeats the same episode" in table.stdout) == same
+    stochastic = run_mario(*args, "--stochastic")
+    assert "repeats the same episode" not in stochastic.stdout
+    varied = {**data, "per_episode": [first, {**first, "length": first["length"] + 1}]}
+    assert not repeats_one_episode(varied)
+    assert repeats_one_episode({**data, "per_episode": [first, first]})
+    assert not repeats_one_episode({**data, "per_episode": [first]})
 
 
 def test_greedy_eval_with_a_seed_is_reproducible(trained: Path) -> None:

@@ -59,6 +59,21 @@ def eval_command(
             checkpoint, episodes, not stochastic, max_steps, seed, overrides, stage_list, n_workers
         )
     _print_result(result, stage_list)
+    if not stochastic and repeats_one_episode(result):
+        console.print(
+            "[dim]greedy play on the deterministic NES repeats the same episode; "
+            "--stochastic samples actions and shows the policy's spread[/]"
+        )
+
+
+def repeats_one_episode(result: dict[str, Any]) -> bool:
+    """Whether every episode of each stage was the same (length, max x and return)."""
+    seen: dict[str, tuple[Any, ...]] = {}
+    for episode in result["per_episode"]:
+        key = (episode["length"], episode["max_x_pos"], episode["return"])
+        if seen.setdefault(episode["stage"], key) != key:
+            return False
+    return len(result["per_episode"]) > len(seen)
 
 
 def _print_result(result: dict[str, Any], stages: list[str] | None) -> None:
