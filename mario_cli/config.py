@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
 from mario_cli.errors import ConfigError
@@ -46,11 +53,21 @@ class EnvConfig(Section):
         "simple", description="Action set: right_only (5), simple (7) or complex (12)."
     )
     frame_skip: int = Field(4, ge=1, description="NES frames per agent step (reward summed).")
+    jump_press: bool = Field(
+        False, description="Release a held A for one frame once per landing, so A jumps again."
+    )
     frame_stack: int = Field(4, ge=1, description="Observations stacked along the channel axis.")
     obs_size: int = Field(84, ge=16, description="Observations are resized to obs_size^2.")
     crop_top: int = Field(0, ge=0, le=200, description="Rows cut from the top (HUD) before resize.")
     wrappers: list[str] = Field(
-        default_factory=lambda: ["frame_skip", "grayscale", "resize", "reward", "frame_stack"],
+        default_factory=lambda: [
+            "frame_skip",
+            "grayscale",
+            "resize",
+            "reward",
+            "frame_stack",
+            "restarts",
+        ],
         description="Registered wrappers applied in order on top of the core env.",
     )
     reward_mode: Literal["raw", "clip", "progress", "score"] = Field(
@@ -75,6 +92,24 @@ class EnvConfig(Section):
     )
     score_scale: float = Field(0.1, ge=0, description="score mode: overall reward scale.")
     score_divisor: float = Field(40.0, gt=0, description="score mode: in-game score per reward.")
+    restart_share: float = Field(
+        0.0,
+        ge=0,
+        le=0.9,
+        description="Share of training resets from a saved state near the frontier (0: off).",
+    )
+    restart_bucket_px: int = Field(
+        32, ge=8, le=1024, description="Restarts: width in px of the saved-state x buckets."
+    )
+    restart_runup_buckets: int = Field(
+        3, ge=0, le=64, description="Restarts: start this many buckets before the death x."
+    )
+    restart_states_per_bucket: int = Field(
+        2, ge=1, le=64, description="Restarts: states kept per bucket (the newest)."
+    )
+    restart_max_states: int = Field(
+        64, ge=1, le=4096, description="Restarts: states kept per env (each ~256 KB of memory)."
+    )
     n_envs: int = Field(8, ge=1, description="Parallel envs.")
     n_workers: int = Field(
         0, ge=0, description="Env worker processes (0: one per core, envs spread over them)."
@@ -82,6 +117,17 @@ class EnvConfig(Section):
     vector_mode: Literal["process", "sync"] = Field(
         "process", description="process: worker processes; sync: all envs in-process (debug)."
     )
+
+    @field_validator("restart_share")
+    @classmethod
+    def _restarts_wrapper(cls, share: float, info: ValidationInfo) -> float:
+        # Checked only where restart_share is set: old runs' saved configs lack it.
+        wrappers = info.data.get("wrappers", [])
+        if share > 0 and "restarts" not in wrappers:
+            raise ValueError(
+                'frontier restarts need "restarts" in env.wrappers (last, after frame_stack)'
+            )
+        return share
 
     @field_validator("stages")
     @classmethod
@@ -213,6 +259,16 @@ class UiConfig(Section):
     )
     plateau_share: float = Field(
         0.8, gt=0, le=1, description="Share of plateau_episodes that must end at that x."
+    )
+    stall_progress_steps: int = Field(
+        100_000,
+        ge=1,
+        description="Agent steps without avg_max_x_pos progress before a progress-stalled hint.",
+    )
+    stall_progress_margin: int = Field(
+        50,
+        ge=0,
+        description="Pixels the best rolling avg_max_x_pos must rise by to count as progress.",
     )
     hint_cooldown: int = Field(
         50, ge=1, description="Iterations before a hint that keeps firing is shown again."

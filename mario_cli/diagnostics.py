@@ -25,6 +25,7 @@ HintRule = Callable[["History", MarioConfig], list[Hint]]
 OK, WARN, BAD, UNKNOWN = "ok", "warn", "bad", "n/a"
 MAX_ITERATIONS = 1000  # iterations kept for the rules (more if a configured window is longer)
 MAX_EPISODES = 500
+PROGRESS_BUCKETS = 50  # a progress window keeps about this many points, however long it is
 CHECKPOINT_PLACEHOLDER = "<checkpoint>"
 
 
@@ -90,14 +91,46 @@ def diagnose(metrics: Mapping[str, float], ui: UiConfig) -> list[Reading]:
 
 # ------------------------------------------------------------------- history
 @dataclass
+class StepWindow:
+    """A metric's best value per bucket of agent steps, over the last ``steps`` agent steps.
+
+    Points older than the window fold into ``best_before``, so it holds about
+    ``steps / bucket`` points however many iterations the window spans (tiny rollouts
+    make many). A bucket that straddles the window's start counts as recent.
+    """
+
+    steps: int = 100_000
+    bucket: int = 100_000 // PROGRESS_BUCKETS
+    points: deque[tuple[int, float]] = field(default_factory=deque)  # (last step, best)
+    best_before: float | None = None  # the best value more than ``steps`` steps ago
+
+    def add(self, step: int, value: float) -> None:
+        if not math.isfinite(value):
+            return
+        if self.points and self.points[-1][0] // self.bucket == step // self.bucket:
+            value = max(value, self.points.pop()[1])
+        self.points.append((step, value))
+        while self.points[0][0] <= step - self.steps:
+            old = self.points.popleft()[1]
+            self.best_before = old if self.best_before is None else max(self.best_before, old)
+
+    @property
+    def best_recent(self) -> float | None:
+        """The best value within the last ``steps`` agent steps."""
+        return max(value for _, value in self.points) if self.points else None
+
+
+@dataclass
 class History:
-    """What hint rules see: recent iterations and episodes of one run."""
+    """What hint rules see: recent iterations and episodes of one run, and its max x by step."""
 
     run_name: str | None = None
     checkpoint: str | None = None  # the run's latest checkpoint, when one was saved
     steps: list[int] = field(default_factory=list)  # global step of each iteration
     metrics: list[dict[str, float]] = field(default_factory=list)  # one dict per iteration
     episodes: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_EPISODES))
+    # rollout/avg_max_x_pos by agent step, over ui.stall_progress_steps (HintEngine sizes it)
+    max_x: StepWindow = field(default_factory=StepWindow)
 
     @property
     def step(self) -> int:
@@ -147,6 +180,9 @@ class HintEngine:
         self.max_iterations = max(MAX_ITERATIONS, *windows)
         self.history = History(
             episodes=deque(maxlen=max(MAX_EPISODES, ui.plateau_episodes)),
+            max_x=StepWindow(
+                ui.stall_progress_steps, max(1, ui.stall_progress_steps // PROGRESS_BUCKETS)
+            ),
         )
         self.rules = self._resolve_rules(rules)
         self.iterations = 0
@@ -170,12 +206,20 @@ class HintEngine:
         with self._lock:
             self.history.steps.append(int(step))
             self.history.metrics.append(dict(metrics))
+            max_x = metrics.get("rollout/avg_max_x_pos")
+            if max_x is not None:
+                self.history.max_x.add(int(step), float(max_x))
             if len(self.history.metrics) > self.max_iterations:
                 del self.history.metrics[: -self.max_iterations]
                 del self.history.steps[: -self.max_iterations]
             self.iterations += 1
 
     def add_episode(self, episode: EpisodeEnd | Mapping[str, Any]) -> None:
+        # Hints judge stage-start episodes only: a frontier restart begins part-way in.
+        if isinstance(episode, EpisodeEnd) and episode.restart:
+            return
+        if isinstance(episode, Mapping) and episode.get("restart", False):
+            return
         if isinstance(episode, EpisodeEnd):
             episode = {
                 "return": episode.episode_return,

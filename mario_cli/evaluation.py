@@ -14,6 +14,13 @@ from pydantic import ValidationError
 
 from mario_cli.config import EnvConfig, MarioConfig
 from mario_cli.errors import ConfigError, MarioError
+from mario_cli.eval_protocol import (
+    DEFAULT_NOOP_MAX,
+    check_noop_max,
+    check_policy,
+    noop_frames,
+    start_protocol,
+)
 from mario_cli.runs import resolve_run
 from mario_cli.training.checkpoint import CheckpointManager, load_checkpoint, load_weights
 
@@ -68,6 +75,7 @@ def load_agent(checkpoint: Path, env_overrides: dict[str, Any] | None = None) ->
         )
     env_section = dict(saved["env"])
     env_section.update({k: v for k, v in (env_overrides or {}).items() if k != "movement"})
+    env_section["restart_share"] = 0.0  # eval and record start at the stage start: no restarts
     saved = {**saved, "env": env_section}
     saved["model"] = {
         **saved["model"],
@@ -92,10 +100,16 @@ def play_episode(
     max_steps: int,
     seed: int,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    noop_max: int = 0,
 ) -> dict[str, Any]:
-    """One episode; returns {return, length, max_x_pos, cleared, stage}."""
+    """One episode from the stage start; returns {return, length, max_x_pos, cleared, ...}.
+
+    The episode first waits ``noop_frames(seed, noop_max)`` frames: the NES is
+    deterministic, so without it every greedy episode is the same episode.
+    """
     torch.manual_seed(seed)
-    obs, info = env.reset(seed=seed)
+    waited = noop_frames(seed, noop_max)
+    obs, info = env.reset(seed=seed, options={"noop_frames": waited})
     state, start, total, length = None, True, 0.0, 0
     while True:
         action, value, state = agent.act(obs, state, start, greedy)
@@ -113,6 +127,9 @@ def play_episode(
         "max_x_pos": int(info["max_x_pos"]),
         "cleared": bool(info["flag_get"]),
         "stage": info["stage_name"],
+        "policy": "greedy" if greedy else "stochastic",
+        "seed": seed,
+        "noop_frames": waited,
     }
 
 
@@ -123,38 +140,76 @@ class EpisodeJob:
     greedy: bool
     max_steps: int
     seed: int
+    noop_max: int = 0
 
 
-def _run_jobs(jobs: list[EpisodeJob]) -> list[dict[str, Any]]:
+# Per worker process: the agents and envs of the checkpoints it played last.
+_worker_cache: dict[tuple[Any, ...], tuple[Agent, Any]] = {}
+_WORKER_CACHE_SIZE = 2
+
+
+def _agent_and_env(job: EpisodeJob) -> tuple[Agent, Any]:
     from mario_cli.envs import make_env
 
+    key = (job.checkpoint, tuple(sorted(job.env_overrides.items())))
+    if key not in _worker_cache:
+        while len(_worker_cache) >= _WORKER_CACHE_SIZE:
+            _, (_, old_env) = _worker_cache.popitem()
+            old_env.close()
+        agent = load_agent(Path(job.checkpoint), job.env_overrides)
+        _worker_cache[key] = (agent, make_env(agent.cfg.env))
+    return _worker_cache[key]
+
+
+def _play_jobs(indexed: list[tuple[int, EpisodeJob]]) -> list[tuple[int, dict[str, Any]]]:
     torch.set_num_threads(1)
-    results, cache = [], {}
-    for job in jobs:
-        key = (job.checkpoint, tuple(sorted(job.env_overrides.items())))
-        if key not in cache:
-            agent = load_agent(Path(job.checkpoint), job.env_overrides)
-            cache[key] = (agent, make_env(agent.cfg.env))
-        agent, env = cache[key]
-        results.append(play_episode(agent, env, job.greedy, job.max_steps, job.seed))
-    for _, env in cache.values():
-        env.close()
+    results = []
+    for index, job in indexed:
+        agent, env = _agent_and_env(job)
+        episode = play_episode(agent, env, job.greedy, job.max_steps, job.seed, None, job.noop_max)
+        results.append((index, episode))
     return results
 
 
-def run_episodes(jobs: list[EpisodeJob], workers: int) -> list[dict[str, Any]]:
-    """Play the jobs, spread over ``workers`` processes; results keep the jobs' order."""
-    if workers <= 1 or len(jobs) <= 1:
-        return _run_jobs(jobs)
-    chunks = [jobs[i::workers] for i in range(workers)]
-    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(len(chunks)) as pool:
-        chunk_results = pool.map(_run_jobs, chunks)
+def run_episodes(
+    jobs: list[EpisodeJob],
+    workers: int,
+    on_episode: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Play the jobs over ``workers`` processes; results keep the jobs' order.
+
+    ``on_episode(done)`` is called as episodes finish (in small batches).
+    """
+    indexed = list(enumerate(jobs))
     results: list[dict[str, Any]] = [{}] * len(jobs)
-    for offset, chunk in enumerate(chunk_results):
-        for k, result in enumerate(chunk):
-            results[offset + k * workers] = result
+    done = 0
+    if workers <= 1 or len(jobs) <= 1:
+        for item in indexed:
+            for index, episode in _play_jobs([item]):
+                results[index] = episode
+                done += 1
+                if on_episode is not None:
+                    on_episode(done)
+        _close_worker_cache()
+        return results
+    # Small tasks of one checkpoint each: the pool balances them and progress shows.
+    size = max(1, min(4, len(jobs) // (workers * 4)))
+    tasks = [indexed[i : i + size] for i in range(0, len(indexed), size)]
+    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(min(workers, len(tasks))) as pool:
+        for finished in pool.imap_unordered(_play_jobs, tasks):
+            for index, episode in finished:
+                results[index] = episode
+            done += len(finished)
+            if on_episode is not None:
+                on_episode(done)
     return results
+
+
+def _close_worker_cache() -> None:
+    while _worker_cache:
+        _, (_, env) = _worker_cache.popitem()
+        env.close()
 
 
 def summarise(episodes: list[dict[str, Any]]) -> dict[str, float]:
@@ -179,17 +234,42 @@ def parse_stages(text: str) -> list[str]:
     return stages
 
 
+def episode_jobs(
+    checkpoint: Path,
+    episodes: int,
+    policies: list[str],
+    max_steps: int,
+    seed: int,
+    noop_max: int,
+    overrides: dict[str, Any],
+) -> list[EpisodeJob]:
+    """Episode i of each policy uses seed + i: the same start for greedy and stochastic."""
+    return [
+        EpisodeJob(str(checkpoint), overrides, policy == "greedy", max_steps, seed + i, noop_max)
+        for policy in policies
+        for i in range(episodes)
+    ]
+
+
 def evaluate(
     checkpoint: Path,
     episodes: int,
-    greedy: bool = True,
+    policy: str = "greedy",
     max_steps: int = 5000,
     seed: int = 0,
     env_overrides: dict[str, Any] | None = None,
     stages: list[str] | None = None,
     workers: int = 1,
+    noop_max: int = DEFAULT_NOOP_MAX,
+    on_episode: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint; with ``stages``, ``episodes`` per stage."""
+    """Evaluate a checkpoint from the stage start; with ``stages``, ``episodes`` per stage.
+
+    ``policy`` is greedy, stochastic or both. The result has one summary per policy
+    under ``by_policy`` (and, for a single policy, its summary at the top level too).
+    """
+    policies = check_policy(policy)
+    check_noop_max(noop_max)
     overrides = dict(env_overrides or {})
     agent = load_agent(checkpoint, overrides)  # fail fast, in this process
     jobs = []
@@ -201,16 +281,25 @@ def evaluate(
             prefix = "SuperMarioBros2" if lost else "SuperMarioBros"
             stage_overrides["env_id"] = f"{prefix}-{world}-{level}-v0"
             stage_overrides["random_stage"] = False
-        jobs += [
-            EpisodeJob(str(checkpoint), stage_overrides, greedy, max_steps, seed + i)
-            for i in range(episodes)
-        ]
-    per_episode = run_episodes(jobs, workers)
-    result: dict[str, Any] = {"model": str(checkpoint), **summarise(per_episode)}
+        jobs += episode_jobs(
+            checkpoint, episodes, policies, max_steps, seed, noop_max, stage_overrides
+        )
+    per_episode = run_episodes(jobs, workers, on_episode)
+    result: dict[str, Any] = {
+        "model": str(checkpoint),
+        "policy": policy,
+        "start": start_protocol(noop_max, seed),
+        "by_policy": {},
+    }
+    for name in policies:
+        chosen = [e for e in per_episode if e["policy"] == name]
+        summary: dict[str, Any] = summarise(chosen)
+        summary["per_stage"] = {}
+        for stage in stages or []:
+            in_stage = [e for e in chosen if e["stage"].upper() == stage.upper()]
+            summary["per_stage"][stage] = summarise(in_stage)
+        result["by_policy"][name] = summary
+    if len(policies) == 1:
+        result.update(result["by_policy"][policies[0]])
     result["per_episode"] = per_episode
-    result["per_stage"] = {}
-    if stages:
-        for stage in stages:
-            chosen = [e for e in per_episode if e["stage"].upper() == stage.upper()]
-            result["per_stage"][stage] = summarise(chosen)
     return result

@@ -53,6 +53,7 @@ class EpisodeEnd(Event):
     max_x_pos: int
     cleared: bool
     stage: str
+    restart: bool = False  # began from a saved state (frontier restarts), not the stage start
 
 
 @dataclass(frozen=True)

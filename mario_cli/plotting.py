@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from mario_cli.errors import MarioError
 from mario_cli.metrics import iteration_series, read_records
@@ -53,11 +54,18 @@ def plot_runs(
         plt.close(fig)
         names = ", ".join(metrics)
         raise MarioError(f"none of the runs has logged {names} yet; train a few iterations first")
-    fig.tight_layout()
+    return save_figure(fig, output, dpi=110)
+
+
+def save_figure(fig: Any, output: Path, dpi: int = 100) -> Path:
+    """Write ``fig`` as a PNG (temp file + rename) and close it; an OSError is one line."""
+    import matplotlib.pyplot as plt
+
     try:
+        fig.tight_layout()
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.with_name(output.name + ".tmp.png")
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=dpi)
         tmp.replace(output)
     except OSError as exc:
         raise MarioError(f"cannot write {output}: {exc.strerror}") from None

@@ -49,9 +49,19 @@ class _Filled(Exception):
 
 
 def collect_frames(
-    agent: Any, duration: float, fps: int, greedy: bool, scale: int, overlay: bool, seed: int
+    agent: Any,
+    duration: float,
+    fps: int,
+    greedy: bool,
+    scale: int,
+    overlay: bool,
+    seed: int,
+    noop_max: int = 0,
 ) -> tuple[list[np.ndarray], int]:
-    """``duration * fps`` RGB frames of game time, episode after episode; and the episodes."""
+    """``duration * fps`` RGB frames of game time, episode after episode; and the episodes.
+
+    Episodes start as in ``mario eval``: episode i waits the no-op frames of seed + i.
+    """
     from mario_cli.envs import make_env
     from mario_cli.envs.stages import action_names
     from mario_cli.evaluation import play_episode
@@ -92,7 +102,7 @@ def collect_frames(
         while len(frames) < wanted:
             episodes += 1
             try:
-                play_episode(agent, env, greedy, 1_000_000, seed + episodes - 1, on_step)
+                play_episode(agent, env, greedy, 1_000_000, seed + episodes - 1, on_step, noop_max)
             except _Filled:
                 break
     finally:

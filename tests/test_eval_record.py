@@ -13,6 +13,7 @@ from mario_cli.cli.eval import repeats_one_episode
 from mario_cli.config import load_config
 from mario_cli.envs import make_env
 from mario_cli.errors import MarioError
+from mario_cli.eval_protocol import START_PROTOCOL
 from mario_cli.evaluation import evaluate, find_model, load_agent, play_episode
 from mario_cli.training.trainer import Trainer
 from tests.conftest import run_mario
@@ -56,28 +57,68 @@ def test_eval_json_keys_and_consistency(trained: Path) -> None:
     assert data["model"].endswith("final.pt")
 
 
+def _outcome(episode: dict) -> tuple:
+    return (episode["length"], episode["max_x_pos"], episode["return"])
+
+
+def test_ten_greedy_episodes_differ_and_a_seed_repeats_them(trained: Path) -> None:
+    model = find_model("tiny-a", trained)
+    first = evaluate(model, 10, "greedy", seed=3, workers=2)
+    again = evaluate(model, 10, "greedy", seed=3, workers=1)
+    assert first["per_episode"] == again["per_episode"]  # worker count and order don't matter
+    outcomes = {_outcome(e) for e in first["per_episode"]}
+    assert len(outcomes) > 1  # the no-op starts make greedy episodes differ
+    waits = [e["noop_frames"] for e in first["per_episode"]]
+    assert all(0 <= w <= 30 for w in waits) and len(set(waits)) > 1
+    assert [e["seed"] for e in first["per_episode"]] == list(range(3, 13))
+    flat = evaluate(model, 10, "greedy", seed=3, workers=2, noop_max=0)
+    assert len({_outcome(e) for e in flat["per_episode"]}) == 1  # the deterministic NES
+    assert first["start"] == {"protocol": START_PROTOCOL, "noop_max": 30, "seed": 3}
+    other = evaluate(model, 10, "greedy", seed=50, workers=2)
+    assert [e["noop_frames"] for e in other["per_episode"]] != waits
+
+
 def test_greedy_eval_says_when_every_episode_was_the_same(trained: Path) -> None:
     args = ("eval", "tiny-a", "--episodes", "2", "--artifacts-dir", str(trained))
-    data = json.loads(run_mario(*args, "--json").stdout)
+    data = json.loads(run_mario(*args, "--json", "--noop-max", "0").stdout)
     first, second = data["per_episode"]
-    same = all(first[k] == second[k] for k in ("length", "max_x_pos", "return"))
-    assert repeats_one_episode(data) == same
-    table = run_mario(*args)
+    assert _outcome(first) == _outcome(second)
+    assert repeats_one_episode(data)
+    table = run_mario(*args, "--noop-max", "0")
     assert table.returncode == 0, table.stderr
-    assert ("repeats the same episode" in table.stdout) == same
-    stochastic = run_mario(*args, "--stochastic")
-    assert "repeats the same episode" not in stochastic.stdout
+    assert "every greedy episode was the same" in table.stdout
+    assert "after 0..30 no-op" not in table.stdout and "no no-op frames" in table.stdout
+    stochastic = run_mario(*args, "--stochastic", "--noop-max", "0")
+    assert "every greedy episode was the same" not in stochastic.stdout
     varied = {**data, "per_episode": [first, {**first, "length": first["length"] + 1}]}
     assert not repeats_one_episode(varied)
-    assert repeats_one_episode({**data, "per_episode": [first, first]})
     assert not repeats_one_episode({**data, "per_episode": [first]})
 
 
-def test_greedy_eval_with_a_seed_is_reproducible(trained: Path) -> None:
-    model = find_model("tiny-a", trained)
-    first = evaluate(model, 2, greedy=True, seed=5, workers=2)
-    second = evaluate(model, 2, greedy=True, seed=5, workers=1)
-    assert first["per_episode"] == second["per_episode"]
+def test_policy_both_reports_both_clear_rates(trained: Path) -> None:
+    args = ("eval", "tiny-a", "--episodes", "3", "--artifacts-dir", str(trained))
+    data = json.loads(run_mario(*args, "--policy", "both", "--json").stdout)
+    assert data["policy"] == "both"
+    assert data["start"]["noop_max"] == 30 and "no-op" in data["start"]["protocol"]
+    assert set(data["by_policy"]) == {"greedy", "stochastic"}
+    episodes = data["per_episode"]
+    assert [e["policy"] for e in episodes] == ["greedy"] * 3 + ["stochastic"] * 3
+    # Episode i of both policies starts the same way.
+    assert [e["noop_frames"] for e in episodes[:3]] == [e["noop_frames"] for e in episodes[3:]]
+    for policy, summary in data["by_policy"].items():
+        chosen = [e for e in episodes if e["policy"] == policy]
+        assert summary["episodes"] == 3
+        assert summary["clear_rate"] == pytest.approx(np.mean([e["cleared"] for e in chosen]))
+        assert summary["avg_max_x_pos"] == pytest.approx(np.mean([e["max_x_pos"] for e in chosen]))
+    assert "clear_rate" not in data  # two policies: no single top-level rate to misread
+    table = run_mario(*args, "--policy", "both")
+    assert table.returncode == 0, table.stderr
+    assert "greedy, 3 episodes: clear rate" in table.stdout
+    assert "stochastic, 3 episodes: clear rate" in table.stdout
+    assert "from the stage start after 0..30 no-op frames" in table.stdout
+    alias = json.loads(run_mario(*args, "--stochastic", "--json").stdout)
+    assert alias["policy"] == "stochastic"
+    assert alias["per_episode"] == episodes[3:]
 
 
 def test_always_right_policy_max_x_is_what_the_emulator_reports(trained: Path) -> None:
@@ -93,6 +134,7 @@ def test_always_right_policy_max_x_is_what_the_emulator_reports(trained: Path) -
 
 def test_stages_fill_per_stage_entries(trained: Path) -> None:
     result = evaluate(find_model("tiny-a", trained), 1, stages=["1-1", "1-2"], workers=2)
+    assert result["by_policy"]["greedy"]["per_stage"] == result["per_stage"]
     assert set(result["per_stage"]) == {"1-1", "1-2"}
     assert [e["stage"] for e in result["per_episode"]] == ["1-1", "1-2"]
     for stage in ("1-1", "1-2"):
@@ -230,6 +272,10 @@ def test_runs_lists_a_damaged_run_next_to_good_ones(trained: Path, tmp_path: Pat
         (["record", "tiny-a", "--output", "clip.avi"], "must end in .mp4"),
         (["plot", "tiny-a", "--x", "epochs"], "--x"),
         (["eval", "tiny-a", "--stages", "1x1"], "--stages '1x1': stage '1x1' is not of the form"),
+        (["eval", "tiny-a", "--policy", "best"], "--policy 'best': choose greedy"),
+        (["eval", "tiny-a", "--policy", "both", "--stochastic"], "--stochastic contradicts"),
+        (["eval", "tiny-a", "--noop-max", "-1"], "--noop-max -1"),
+        (["record", "tiny-a", "--policy", "both"], "a video plays one policy"),
     ],
 )
 def test_errors_are_one_line_without_traceback(

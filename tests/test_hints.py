@@ -10,13 +10,23 @@ import sys
 import pytest
 
 from mario_cli.config import MarioConfig, UiConfig
-from mario_cli.diagnostics import BAD, OK, UNKNOWN, WARN, HintEngine, History, diagnose
+from mario_cli.diagnostics import (
+    BAD,
+    OK,
+    UNKNOWN,
+    WARN,
+    HintEngine,
+    History,
+    StepWindow,
+    diagnose,
+)
 from mario_cli.events import CheckpointSaved, EpisodeEnd, Hint, IterationStats, RunStarted
 from mario_hints import RULES
 from mario_hints.rules import (
     entropy_collapsed,
     kl_too_large,
     progress_plateau,
+    progress_stalled,
     updates_stalled,
     value_not_learning,
 )
@@ -224,6 +234,131 @@ def test_plateau_elsewhere_names_no_obstacle_and_placeholder_checkpoint(cfg: Mar
     [hint] = progress_plateau(history, cfg)
     assert "x ~ 1234 on 1-2:" in hint.message
     assert hint.command.startswith("mario resume --init-model-path <checkpoint> ")
+
+
+# ---------------------------------------------------------- progress stalled
+def plateau_x(i: int) -> float:
+    """A rolling avg_max_x_pos wandering within ±50 px of 800, as measured on 1-1."""
+    return 800.0 + (i * 37) % 101 - 50
+
+
+def plateau_episodes() -> list[EpisodeEnd]:
+    """100 episodes: 40 at the tall pipe, 20 at the first goomba, 12 at the third pipe."""
+    xs = [594 + (i % 5) - 2 for i in range(42)] + [314 + (i % 3) - 1 for i in range(20)]
+    xs += [722] * 12 + [1000 + 40 * i for i in range(26)]  # 26 spread out
+    ends = [EpisodeEnd(0, i % 8, 40.0, 400, x, False, "1-1") for i, x in enumerate(xs)]
+    ends[40:42] = [EpisodeEnd(0, 0, 300.0, 900, 3161, True, "1-1")] * 2  # 40 at the pipe
+    return ends
+
+
+def feed(engine: HintEngine, xs: list[float], clear_rate: float = 0.02, start: int = 1):
+    """One IterationStats per 2,048 agent steps; returns (step, hint) for each new hint."""
+    fired = []
+    for i, x in enumerate(xs, start):
+        metrics = healthy(**{"rollout/avg_max_x_pos": x, "rollout/clear_rate": clear_rate})
+        fired += [
+            (i * 2048, h) for h in engine.observe(IterationStats(i * 2048, i, 10**7, metrics))
+        ]
+    return fired
+
+
+def stalled_engine(cfg: MarioConfig) -> HintEngine:
+    engine = HintEngine(cfg, {"progress-stalled": progress_stalled})
+    engine.observe(CheckpointSaved(2048, CKPT, "periodic"))
+    for episode in plateau_episodes():
+        engine.observe(episode)
+    return engine
+
+
+def test_progress_stalled_names_where_episodes_end_and_more_exploration(
+    cfg: MarioConfig,
+) -> None:
+    engine = stalled_engine(cfg)
+    # 150k agent steps at 800 ± 50. The first point is 100k steps old at step 102,400,
+    # but it (750) and the next (787) are more than 50 px below the later best (849);
+    # with the third (824) the window has risen only 25 px: it fires, once.
+    fired = feed(engine, [plateau_x(i) for i in range(74)])
+    assert [(step, h.rule) for step, h in fired] == [(106496, "progress-stalled")]
+    hint = fired[0][1]
+    assert hint.step == 106496 and hint.severity == "warn"
+    assert hint.message == (
+        "rollout/avg_max_x_pos has not risen more than 50 px in 100,000 agent steps "
+        "(best 824 before, 850 since), clear rate 2%; the last 100 episodes on 1-1 end at "
+        "x ≈ 594 (40%, the tall pipe), x ≈ 314 (20%, the first goomba), "
+        "x ≈ 722 (12%, the third pipe): more exploration may get the agent past them"
+    )
+    assert hint.command == f"mario resume --init-model-path {CKPT} --ent-coef 0.02"
+    parses_as_mario_resume(hint.command)
+
+
+def test_progress_stalled_quiet_while_rising_early_or_clearing(cfg: MarioConfig) -> None:
+    # Rising 2 px per 2,048 steps: ~98 px per window, more than the 50 px margin.
+    assert feed(stalled_engine(cfg), [300.0 + 2 * i for i in range(150)]) == []
+    # A plateau shorter than the window.
+    assert feed(stalled_engine(cfg), [plateau_x(i) for i in range(49)]) == []
+    # Clearing most episodes: a flat average is success, not a stall.
+    assert feed(stalled_engine(cfg), [3000.0] * 100, clear_rate=0.6) == []
+    # No avg_max_x_pos at all (no episode ended yet).
+    engine = stalled_engine(cfg)
+    metrics = {"train/approx_kl": 0.02}
+    for i in range(1, 100):
+        assert engine.observe(IterationStats(i * 2048, i, 10**7, metrics)) == []
+
+
+def test_progress_stalled_counts_agent_steps_not_iterations() -> None:
+    cfg = MarioConfig()
+    cfg.ui.stall_progress_steps = 20_000
+    cfg.ui.stall_progress_margin = 10
+
+    def run(xs: list[float]) -> tuple[HintEngine, list[int]]:
+        # 256 agent steps per iteration (--n-steps 32 on 8 envs): 78 iterations per window.
+        engine = HintEngine(cfg, {"progress-stalled": progress_stalled})
+        fired = []
+        for i, x in enumerate(xs, 1):
+            metrics = healthy(**{"rollout/avg_max_x_pos": x, "rollout/clear_rate": 0.0})
+            fired += [i for _ in engine.observe(IterationStats(i * 256, i, 10**7, metrics))]
+        return engine, fired
+
+    engine, fired = run([600.0 + i % 7 for i in range(1, 200)])
+    # At step 80 * 256 = 20,480 the first point (step 256) is more than 20,000 steps old.
+    assert fired[0] == 80
+    # The window keeps one point per 400 steps (20,000 / 50) plus the one at its start,
+    # however many iterations it spans.
+    assert len(engine.history.max_x.points) == 51
+    assert len(engine.history.metrics) == 199
+    # A rise of 11 px (> the 10 px margin) within the window clears it.
+    engine, fired = run([600.0] * 80 + [611.0] * 20)
+    assert fired == [80]
+    assert progress_stalled(engine.history, cfg) == []
+
+
+def test_progress_stalled_respects_the_cooldown() -> None:
+    cfg = MarioConfig()
+    cfg.ui.hint_cooldown = 20
+    engine = stalled_engine(cfg)
+    fired = feed(engine, [plateau_x(i) for i in range(50 + 45)])
+    # First at iteration 52, reminded once 20 iterations later, and again 20 after that.
+    assert [step // 2048 for step, _ in fired] == [52, 72, 92]
+
+
+def test_where_episodes_end_is_spread_or_per_stage(cfg: MarioConfig) -> None:
+    history = History()
+    history.max_x = StepWindow(10_000, 200)
+    for i, x in enumerate([700.0] * 60, 1):
+        history.steps.append(i * 256)
+        history.metrics.append({"rollout/avg_max_x_pos": x})
+        history.max_x.add(i * 256, x)
+    for x in range(150, 2150, 100):  # no two within ±16 px
+        history.episodes.append({"max_x_pos": x, "cleared": False, "stage": "1-1"})
+    [hint] = progress_stalled(history, cfg)
+    assert hint.message.endswith("clear rate 0%: more exploration may find a way further")
+    assert "10,000 agent steps (best 700 before, 700 since)" in hint.message
+    assert hint.command == "mario resume --init-model-path <checkpoint> --ent-coef 0.02"
+    for stage in ["1-1", "1-2"] * 5:
+        history.episodes.append({"max_x_pos": 594, "cleared": False, "stage": stage})
+    [hint] = progress_stalled(history, cfg)
+    assert "the last 30 episodes end at x ≈ 594 on 1-1 (17%, the tall pipe), " in hint.message
+    assert "x ≈ 594 on 1-2 (17%):" in hint.message
 
 
 # ------------------------------------------------------------------- engine

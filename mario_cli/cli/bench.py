@@ -1,15 +1,21 @@
 """``mario bench``: measure the env pipeline (and, later, training) on this machine."""
 
 import json
+import os
+import statistics
+import time
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mario_cli.cli.console import console
-from mario_cli.cli.options import config_path_option
+from mario_cli.cli.console import console, err_console
+from mario_cli.cli.options import config_options, config_path_option
 from mario_cli.config import load_config
 from mario_cli.errors import ConfigError
+from mario_cli.eval_protocol import DEFAULT_NOOP_MAX
 
 app = typer.Typer(help="Measure throughput on this machine.", no_args_is_help=True)
 
@@ -111,3 +117,287 @@ def train(
         table.add_row("Stable-Baselines3 steps/s", f"{result['sb3_sps']:,.1f}")
         table.add_row("ratio vs SB3", f"{result['ratio_vs_sb3']:.2f}")
     console.print(table)
+
+
+@app.command("learn")
+@config_options()
+def learn(
+    minutes: float | None = typer.Option(
+        None, "--minutes", help="Wall-clock budget per seed (compare finalists with this)."
+    ),
+    steps: int | None = typer.Option(
+        None, "--steps", help="Agent-step budget per seed: the same result on a busy machine."
+    ),
+    seeds: int = typer.Option(1, "--seeds", help="Seeds, trained one after another (--seed +k)."),
+    stage: str | None = typer.Option(None, "--stage", help="Stage W-S to learn (e.g. 1-1)."),
+    eval_every: str | None = typer.Option(
+        None,
+        "--eval-every",
+        help="Eval point spacing: minutes (5m) or agent steps (50000, 50k); default budget/6.",
+    ),
+    eval_episodes: int = typer.Option(20, "--eval-episodes", help="Episodes per eval point."),
+    policy: str = typer.Option("both", "--policy", help="greedy, stochastic or both."),
+    noop_max: int = typer.Option(
+        DEFAULT_NOOP_MAX, "--noop-max", help="Eval start: seeded random 0..N no-op frames."
+    ),
+    eval_max_steps: int = typer.Option(5000, "--eval-max-steps", help="Step limit per episode."),
+    eval_workers: int = typer.Option(0, "--eval-workers", help="Eval processes (0: one per core)."),
+    name: str | None = typer.Option(
+        None, "--name", help="Result folder under artifacts/bench (default: learn-STAGE-TIME)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    config: Path | None = config_path_option(),
+    overrides: dict | None = None,
+) -> None:
+    """Train real runs, evaluate each eval point afterwards: minutes and steps to clear.
+
+    Any `mario train` flag sets the variant: `mario bench learn --steps 200000 --n-epochs 10`.
+
+    Runs land in artifacts/runs/NAME-seedK, the result in artifacts/bench/NAME.
+
+    Compare results with `mario bench learn-report A B`.
+    """
+    from mario_cli.cli.train import _stop_on_signals
+    from mario_cli.envs.stages import parse_env_id, stage_spec
+    from mario_cli.learnbench import (
+        Amount,
+        BenchSettings,
+        add_seed,
+        evaluate_points,
+        make_budget,
+        new_result,
+        parse_amount,
+        plot_seeds,
+        train_seed,
+        write_result,
+    )
+    from mario_cli.sinks.tensorboard import TensorBoardSink
+    from mario_cli.training.trainer import TrainingControl
+
+    overrides = {section: dict(values) for section, values in (overrides or {}).items()}
+    variant = {section: dict(values) for section, values in overrides.items()}
+    if stage is not None:
+        spec = stage_spec(stage)
+        overrides.setdefault("env", {}).update(env_id=spec_env_id(spec), random_stage=False)
+    cfg = load_config(config, overrides)
+    parse_env_id(cfg.env.env_id)
+    budget = make_budget(minutes, steps)
+    every = parse_amount(eval_every) if eval_every else Amount(budget.unit, budget.value / 6)
+    label = cfg.env.env_id.removeprefix("SuperMarioBros-").removesuffix("-v0")
+    settings = BenchSettings(
+        name=name or f"learn-{label}-{time.strftime('%Y%m%d-%H%M%S')}",
+        budget=budget,
+        eval_every=every,
+        seeds=[cfg.train.seed + k for k in range(seeds)],
+        eval_episodes=eval_episodes,
+        policy=policy,
+        noop_max=noop_max,
+        eval_max_steps=eval_max_steps,
+        workers=eval_workers or (os.cpu_count() or 1),
+        artifacts=cfg.train.artifacts_dir,
+    )
+    settings.check()
+    if settings.folder.exists():
+        raise ConfigError(f"{settings.folder} exists; pick another --name")
+    result = new_result(settings, cfg, variant)
+    out = err_console if as_json else console
+    out.print(
+        f"bench learn {settings.name}: {len(settings.seeds)} seed(s) x {budget.describe()} on "
+        f"{cfg.env.env_id}, eval every {every.describe()} ({eval_episodes} episodes, "
+        f"{policy}); load {os.getloadavg()[0]:.2f}",
+        highlight=False,
+    )
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=out,
+    )
+    with progress:
+        for k, seed in enumerate(settings.seeds, start=1):
+            task = progress.add_task(
+                f"seed {seed} ({k}/{len(settings.seeds)}) train", total=budget.value, status=""
+            )
+
+            def on_iteration(done: int, elapsed: float, metrics: dict, task=task) -> None:
+                x = metrics.get("rollout/avg_max_x_pos")
+                status = f"{done:,} steps, {metrics.get('time/fps', 0):.0f}/s"
+                if x is not None:
+                    status += f", avg max x {x:.0f}, clear {metrics['rollout/clear_rate']:.0%}"
+                progress.update(task, completed=budget.of(done, elapsed), status=status)
+
+            def show_hints(event: Any) -> None:
+                if type(event).__name__ == "Hint":
+                    progress.console.print(f"[yellow]hint:[/] {event.message}", highlight=False)
+
+            control = TrainingControl()
+            with _stop_on_signals(control):
+                training = train_seed(
+                    cfg, settings, seed, control, [TensorBoardSink(), show_hints], on_iteration
+                )
+            progress.update(task, completed=budget.value)
+            eval_task = progress.add_task(
+                f"seed {seed} ({k}/{len(settings.seeds)}) eval",
+                total=len(training.points) * eval_episodes * len(settings.policies),
+                status=f"{len(training.points)} eval points",
+            )
+            points = evaluate_points(
+                training,
+                settings,
+                on_episode=lambda done, total, t=eval_task: progress.update(t, completed=done),
+            )
+            add_seed(result, training, points, settings.policies)
+            result["interrupted"] = training.status == "interrupted"
+            write_result(result, settings.folder)
+            if result["interrupted"]:
+                out.print("[yellow]interrupted: kept the seeds evaluated so far[/]")
+                break
+    result["plot"] = str(plot_seeds(result, settings.folder / "learn.png"))
+    path = write_result(result, settings.folder)
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    print_learn_table(result)
+    console.print(f"wrote {path} and {result['plot']}", highlight=False)
+
+
+def spec_env_id(spec: Any) -> str:
+    prefix = "SuperMarioBros2" if spec.lost_levels else "SuperMarioBros"
+    return f"{prefix}-{spec.label}-v0"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _when(hit: dict | None) -> str:
+    if hit is None:
+        return "-"
+    return f"{hit['minutes']:.1f} min, {int(hit['steps']) / 1000:.0f}k"
+
+
+def print_learn_table(result: dict[str, Any]) -> None:
+    from mario_cli.eval_protocol import check_policy, describe_start
+
+    policies = check_policy(result["eval"]["policy"])
+    table = Table(title=f"mario bench learn: {result['name']} ({result['env_id']})")
+    for column in ("seed", "minutes", "steps", *(f"{p} clear" for p in policies)):
+        table.add_column(column, justify="right")
+    for policy in policies:
+        table.add_column(f"{policy} max x", justify="right")
+    rows = [(str(s["seed"]), s["points"]) for s in result["seeds"]]
+    rows.append(("median", result["median"]["points"]))
+    for label, points in rows:
+        for point in points:
+            table.add_row(
+                label,
+                f"{point['minutes']:.1f}",
+                f"{int(point['steps']):,}",
+                *(_rate(point[p]["clear_rate"]) for p in policies),
+                *(f"{point[p]['avg_max_x_pos']:.0f}" for p in policies),
+            )
+            label = ""
+        table.add_section()
+    console.print(table)
+    reached = Table(
+        title="minutes, agent steps to the first eval clear, >=50% and >=80%",
+        caption="- not reached",
+    )
+    for column in ("seed", "policy", "first clear", ">=50%", ">=80%"):
+        reached.add_column(column, justify="right")
+    entries = [(str(s["seed"]), s["milestones"]) for s in result["seeds"]]
+    entries.append(("median", result["median"]["milestones"]))
+    for label, found in entries:
+        for policy in policies:
+            hits = found[policy]
+            reached.add_row(label, policy, *(_when(hits[m]) for m in MILESTONE_NAMES))
+    console.print(reached)
+    start = describe_start(result["eval"]["start"])
+    console.print(
+        f"eval: {result['eval']['episodes']} episodes per point and policy, {start}, "
+        f"after training; load {result['machine']['loadavg_start'][0]:.2f} at the start",
+        highlight=False,
+    )
+
+
+MILESTONE_NAMES = ("first_clear", "clear_50", "clear_80")
+
+
+@app.command("learn-report")
+def learn_report(
+    results: list[str] = typer.Argument(..., help="bench-learn names, folders or result.json."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="PNG (default artifacts/bench/compare-A-vs-B.png)."
+    ),
+    artifacts_dir: Path = typer.Option(Path("artifacts"), "--artifacts-dir", help="Runs root."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+) -> None:
+    """Earlier `bench learn` results side by side: one table row and plot line per variant."""
+    from mario_cli.learnbench import BENCH_DIR, load_result, plot_compare, result_policies
+
+    loaded = [load_result(ref, artifacts_dir) for ref in results]
+    rows = []
+    for result in loaded:
+        policies = result_policies(result)
+        last = result["median"]["points"][-1] if result["median"]["points"] else None
+        sps = [s["steps_per_second"] for s in result["seeds"] if s["steps_per_second"]]
+        row: dict[str, Any] = {
+            "name": result["name"],
+            "variant": result.get("variant", {}),
+            "seeds": len(result["seeds"]),
+            "budget": result["budget"],
+            "steps_per_second": round(statistics.median(sps), 1) if sps else None,
+            "final": {
+                p: {
+                    "clear_rate": last[p]["clear_rate"] if last else None,
+                    "avg_max_x_pos": last[p]["avg_max_x_pos"] if last else None,
+                }
+                for p in policies
+            },
+            "milestones": result["median"]["milestones"],
+        }
+        rows.append(row)
+    target = output or artifacts_dir / BENCH_DIR / (
+        "compare-" + "-vs-".join(r["name"] for r in loaded) + ".png"
+    )
+    plot = plot_compare(loaded, target)
+    if as_json:
+        print(json.dumps({"rows": rows, "plot": str(plot)}, default=str))
+        return
+    table = Table(
+        title="mario bench learn-report (medians over seeds)",
+        caption="milestones: minutes, agent steps at the first eval point to reach them; "
+        "- not reached",
+    )
+    table.add_column("variant", overflow="fold")
+    for column in ("seeds", "steps/s", "policy", "final clear", "final max x"):
+        table.add_column(column, justify="right")
+    for column in ("first clear", ">=50%", ">=80%"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        variant = f"{row['name']}\n[dim]{_variant_flags(row['variant']) or '(defaults)'}[/]"
+        for i, (policy, final) in enumerate(row["final"].items()):
+            hits = row["milestones"].get(policy, {})
+            table.add_row(
+                variant if i == 0 else "",
+                str(row["seeds"]) if i == 0 else "",
+                f"{row['steps_per_second']:.0f}" if i == 0 and row["steps_per_second"] else "",
+                policy,
+                _rate(final["clear_rate"]),
+                "-" if final["avg_max_x_pos"] is None else f"{final['avg_max_x_pos']:.0f}",
+                *(_when(hits.get(m)) for m in MILESTONE_NAMES),
+            )
+        table.add_section()
+    console.print(table)
+    console.print(f"wrote {plot}", highlight=False)
+
+
+def _variant_flags(variant: dict[str, dict[str, Any]]) -> str:
+    parts = []
+    for values in variant.values():
+        for key, value in values.items():
+            if isinstance(value, list):
+                value = ",".join(str(v) for v in value)
+            parts.append(f"--{key.replace('_', '-')} {value}")
+    return " ".join(parts)

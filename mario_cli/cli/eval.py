@@ -13,14 +13,43 @@ from rich.table import Table
 
 from mario_cli.cli.console import console
 from mario_cli.errors import ConfigError, MarioError
+from mario_cli.eval_protocol import DEFAULT_NOOP_MAX, check_noop_max, check_policy, describe_start
+
+
+def policy_option() -> Any:
+    return typer.Option(
+        "greedy",
+        "--policy",
+        help="greedy (argmax), stochastic (sampled) or both (two clear rates side by side).",
+    )
+
+
+def noop_max_option() -> Any:
+    return typer.Option(
+        DEFAULT_NOOP_MAX,
+        "--noop-max",
+        help="Each episode waits a seeded random 0..N no-op frames at the stage start.",
+    )
+
+
+def stochastic_option() -> Any:
+    return typer.Option(False, "--stochastic", help="Same as --policy stochastic.")
+
+
+def resolve_policy(policy: str, stochastic: bool) -> str:
+    if stochastic and policy not in ("greedy", "stochastic"):
+        raise ConfigError(f"--stochastic contradicts --policy {policy}; pass one of them")
+    return "stochastic" if stochastic else policy
 
 
 def eval_command(
     model: str | None = typer.Argument(
         None, help="Run name, run folder or checkpoint (default: latest run's best/final)."
     ),
-    episodes: int = typer.Option(5, "--episodes", "-n", help="Episodes (per stage)."),
-    stochastic: bool = typer.Option(False, "--stochastic", help="Sample actions (default greedy)."),
+    episodes: int = typer.Option(5, "--episodes", "-n", help="Episodes (per stage and policy)."),
+    policy: str = policy_option(),
+    stochastic: bool = stochastic_option(),
+    noop_max: int = noop_max_option(),
     max_steps: int = typer.Option(5000, "--max-steps", help="Step limit per episode."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first episode (+1 per episode)."),
     movement: str = typer.Option("auto", "--movement", help="auto: the checkpoint's action set."),
@@ -31,11 +60,14 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     artifacts_dir: Path = typer.Option(Path("artifacts"), "--artifacts-dir", help="Runs root."),
 ) -> None:
-    """Average reward, furthest x and clear rate of a trained agent."""
+    """Average reward, furthest x and clear rate of a trained agent, from the stage start."""
     from mario_cli.evaluation import evaluate, find_model, parse_stages
 
     if episodes < 1 or max_steps < 1:
         raise ConfigError("--episodes and --max-steps must be at least 1")
+    check_noop_max(noop_max)
+    policy = resolve_policy(policy, stochastic)
+    policies = check_policy(policy)
     checkpoint = find_model(model, artifacts_dir)
     overrides: dict[str, Any] = {"movement": movement}
     if env_id:
@@ -45,65 +77,83 @@ def eval_command(
         overrides.update(env_id=env_id, random_stage=False)
     stage_list = parse_stages(stages) if stages else None
     if render:
-        _render(checkpoint, overrides, not stochastic, max_steps, seed, episodes)
+        if len(policies) > 1:
+            raise ConfigError("--render plays one policy; pass --policy greedy or stochastic")
+        _render(checkpoint, overrides, policy == "greedy", max_steps, seed, episodes, noop_max)
         return
-    n_workers = workers or min(os.cpu_count() or 1, episodes * len(stage_list or [None]))
+    total = episodes * len(stage_list or [None]) * len(policies)
+    n_workers = workers or min(os.cpu_count() or 1, total)
+
+    def run(on_episode: Any = None) -> dict[str, Any]:
+        return evaluate(
+            checkpoint,
+            episodes,
+            policy,
+            max_steps,
+            seed,
+            overrides,
+            stage_list,
+            n_workers,
+            noop_max,
+            on_episode,
+        )
+
     if as_json:
-        result = evaluate(
-            checkpoint, episodes, not stochastic, max_steps, seed, overrides, stage_list, n_workers
-        )
-        print(json.dumps(result))
+        print(json.dumps(run()))
         return
-    with console.status(f"playing {episodes} episode(s) with {checkpoint}"):
-        result = evaluate(
-            checkpoint, episodes, not stochastic, max_steps, seed, overrides, stage_list, n_workers
-        )
+    with console.status(f"playing {total} episode(s) with {checkpoint}") as status:
+        result = run(lambda done: status.update(f"played {done}/{total} episode(s)"))
     _print_result(result, stage_list)
-    if not stochastic and repeats_one_episode(result):
+    if "greedy" in policies and repeats_one_episode(result, "greedy"):
         console.print(
-            "[dim]greedy play on the deterministic NES repeats the same episode; "
-            "--stochastic samples actions and shows the policy's spread[/]"
+            "[dim]every greedy episode was the same; --noop-max varies the starts and "
+            "--policy stochastic samples actions[/]"
         )
 
 
-def repeats_one_episode(result: dict[str, Any]) -> bool:
-    """Whether every episode of each stage was the same (length, max x and return)."""
+def repeats_one_episode(result: dict[str, Any], policy: str = "greedy") -> bool:
+    """Whether every ``policy`` episode of each stage was the same (length, max x, return)."""
     seen: dict[str, tuple[Any, ...]] = {}
-    for episode in result["per_episode"]:
+    chosen = [e for e in result["per_episode"] if e.get("policy", policy) == policy]
+    for episode in chosen:
         key = (episode["length"], episode["max_x_pos"], episode["return"])
         if seen.setdefault(episode["stage"], key) != key:
             return False
-    return len(result["per_episode"]) > len(seen)
+    return len(chosen) > len(seen)
 
 
 def _print_result(result: dict[str, Any], stages: list[str] | None) -> None:
     table = Table(title=f"mario eval: {result['model']}")
-    for column in ("#", "stage", "return", "length", "max x", "cleared"):
+    for column in ("#", "policy", "stage", "no-ops", "return", "length", "max x", "cleared"):
         table.add_column(column, justify="right")
     for i, episode in enumerate(result["per_episode"], start=1):
         table.add_row(
             str(i),
+            episode["policy"],
             episode["stage"],
+            str(episode["noop_frames"]),
             f"{episode['return']:.1f}",
             str(episode["length"]),
             str(episode["max_x_pos"]),
             "[green]yes[/]" if episode["cleared"] else "no",
         )
     console.print(table)
-    console.print(
-        f"[bold]{result['episodes']} episodes[/]: avg reward {result['avg_reward']:.1f}, "
-        f"avg max x {result['avg_max_x_pos']:.0f}, clear rate {result['clear_rate']:.0%}, "
-        f"avg length {result['avg_length']:.0f}",
-        highlight=False,
-    )
-    if stages:
-        console.print(_stage_grid(result["per_stage"]))
+    console.print(f"episodes start {describe_start(result['start'])}", highlight=False)
+    for name, summary in result["by_policy"].items():
+        console.print(
+            f"[bold]{name}, {summary['episodes']} episodes[/]: clear rate "
+            f"{summary['clear_rate']:.0%}, avg max x {summary['avg_max_x_pos']:.0f}, "
+            f"avg reward {summary['avg_reward']:.1f}, avg length {summary['avg_length']:.0f}",
+            highlight=False,
+        )
+        if stages:
+            console.print(_stage_grid(summary["per_stage"], name))
 
 
-def _stage_grid(per_stage: dict[str, dict[str, float]]) -> Table:
+def _stage_grid(per_stage: dict[str, dict[str, float]], policy: str) -> Table:
     worlds = sorted({s.split("-")[0] for s in per_stage})
     levels = sorted({s.split("-")[1] for s in per_stage})
-    grid = Table(title="clear rate / mean max x by world and stage")
+    grid = Table(title=f"{policy}: clear rate / mean max x by world and stage")
     grid.add_column("world")
     for level in levels:
         grid.add_column(f"stage {level}", justify="center")
@@ -125,7 +175,13 @@ def _has_display() -> bool:
 
 
 def _render(
-    checkpoint: Path, overrides: dict[str, Any], greedy: bool, max_steps: int, seed: int, n: int
+    checkpoint: Path,
+    overrides: dict[str, Any],
+    greedy: bool,
+    max_steps: int,
+    seed: int,
+    n: int,
+    noop_max: int,
 ) -> None:
     if not _has_display():
         raise MarioError(
@@ -146,7 +202,7 @@ def _render(
     core.on_frame = lambda frame: viewer.show(frame)
     try:
         for episode in range(n):
-            result = play_episode(agent, env, greedy, max_steps, seed + episode)
+            result = play_episode(agent, env, greedy, max_steps, seed + episode, None, noop_max)
             console.print(f"episode {episode + 1}: {result}", highlight=False)
     finally:
         viewer.close()

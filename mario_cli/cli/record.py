@@ -7,7 +7,9 @@ from pathlib import Path
 import typer
 
 from mario_cli.cli.console import console
-from mario_cli.errors import MarioError
+from mario_cli.cli.eval import resolve_policy
+from mario_cli.errors import ConfigError, MarioError
+from mario_cli.eval_protocol import DEFAULT_NOOP_MAX, check_noop_max
 
 
 def record(
@@ -19,7 +21,13 @@ def record(
     output: Path | None = typer.Option(
         None, "--output", "-o", help="mp4 path (default artifacts/videos/<run>_<time>.mp4)."
     ),
-    stochastic: bool = typer.Option(False, "--stochastic", help="Sample actions (default greedy)."),
+    policy: str = typer.Option("greedy", "--policy", help="greedy (argmax) or stochastic."),
+    stochastic: bool = typer.Option(False, "--stochastic", help="Same as --policy stochastic."),
+    noop_max: int = typer.Option(
+        DEFAULT_NOOP_MAX,
+        "--noop-max",
+        help="Each episode waits a seeded random 0..N no-op frames at the stage start.",
+    ),
     scale: int = typer.Option(2, "--scale", help="Integer upscale of the 256x240 screen."),
     overlay: bool = typer.Option(False, "--overlay", help="Draw x, action, value and episode."),
     env_id: str | None = typer.Option(None, "--env-id", help="Play another env id."),
@@ -30,6 +38,10 @@ def record(
     from mario_cli.evaluation import find_model, load_agent
     from mario_cli.recording import collect_frames, default_output, save_png_frames, write_mp4
 
+    policy = resolve_policy(policy, stochastic)
+    if policy not in ("greedy", "stochastic"):
+        raise ConfigError(f"--policy {policy}: a video plays one policy, greedy or stochastic")
+    check_noop_max(noop_max)
     checkpoint = find_model(model, artifacts_dir)
     overrides = {"env_id": env_id, "random_stage": False} if env_id else {}
     agent = load_agent(checkpoint, overrides)
@@ -43,7 +55,7 @@ def record(
         raise MarioError(f"cannot create {target.parent}: {exc.strerror}") from None
     with console.status(f"playing {duration:g}s at {fps} fps"):
         frames, episodes = collect_frames(
-            agent, duration, fps, not stochastic, scale, overlay, seed
+            agent, duration, fps, policy == "greedy", scale, overlay, seed, noop_max
         )
     try:
         write_mp4(frames, target, fps)

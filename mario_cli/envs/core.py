@@ -9,6 +9,7 @@ logic needs (death and cut-scene skipping, termination).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -16,9 +17,26 @@ import numpy as np
 from gym_super_mario_bros import SuperMarioBrosEnv
 from nes_py.nes_env import SCREEN_HEIGHT, SCREEN_WIDTH
 
-from mario_cli.envs.stages import StageSpec, action_bytes
+from mario_cli.envs.stages import BUTTON_BITS, StageSpec, action_bytes
 
 REWARD_LIMIT = 15.0  # gym-super-mario-bros clips each frame's reward to +-15.
+NOOP_ACTION = 0  # "NOOP" comes first in every gym-super-mario-bros action set.
+A_BUTTON = BUTTON_BITS["A"]
+FLOAT_STATE = 0x001D  # Mario's float state in RAM: 0 on the ground, 1-3 in the air / climbing.
+SAVED_JOYPAD = 0x06FC  # The last controller byte the game read, bit-reversed: A is 0x80 here.
+
+
+@dataclass(frozen=True, eq=False)
+class SavedState:
+    """A whole-emulator snapshot and its stage, from ``MarioCore.dump_state()``.
+
+    The snapshot is an opaque native object: it cannot be pickled, so it never leaves
+    the process (the env worker) that made it. ``reset(options={"restore": state})``
+    starts an episode from it.
+    """
+
+    spec: StageSpec
+    snapshot: Any
 
 
 class MarioCore(gym.Env):
@@ -36,6 +54,7 @@ class MarioCore(gym.Env):
         movement: str = "simple",
         env_reward: bool = True,
         render_mode: str | None = None,
+        jump_press: bool = False,
     ) -> None:
         if not specs:
             raise ValueError("MarioCore needs at least one stage")
@@ -53,6 +72,11 @@ class MarioCore(gym.Env):
         self._spec = specs[0]
         self._nes = self._emulator(self._spec)
         self._max_x = 0
+        # Press semantics for A (see ``_buttons_for``): RAM as a memoryview, whose
+        # items are plain ints (no numpy scalar per frame).
+        self.jump_press = jump_press
+        self._ram = memoryview(self._nes.ram)
+        self._reset_controls()
         # Called with the RGB screen (a live view: copy to keep it) after every NES
         # frame, so videos and live windows show all frames, not one per agent step.
         self.on_frame: Callable[[np.ndarray], None] | None = None
@@ -85,14 +109,42 @@ class MarioCore(gym.Env):
         if len(self.specs) > 1:
             self._spec = self.specs[int(self.np_random.integers(len(self.specs)))]
             self._nes = self._emulator(self._spec)
+            self._ram = memoryview(self._nes.ram)
+        restore: SavedState | None = (options or {}).get("restore")
+        if restore is not None:  # a frontier restart: the saved state's own stage
+            self._select(restore.spec)
         self._nes.reset()
+        if restore is not None:
+            self._load_state(restore)
+        self._reset_controls()
+        # Evaluation's start protocol: wait a few frames so that episodes differ.
+        for _ in range(int((options or {}).get("noop_frames", 0))):
+            self.skip_frame(NOOP_ACTION)
         self._max_x = 0
         info = self.current_info()
+        info["restart"] = restore is not None
         return self.observe(), info
+
+    def dump_state(self) -> SavedState:
+        """The whole emulator state now (~0.04 ms, ~256 KB), for ``reset(options=...)``."""
+        return SavedState(self._spec, self._nes.dump_state())
+
+    def _select(self, spec: StageSpec) -> None:
+        self._spec = spec
+        self._nes = self._emulator(spec)
+        self._ram = memoryview(self._nes.ram)
+
+    def _load_state(self, saved: SavedState) -> None:
+        self._nes.load_state(saved.snapshot)
+        # gym-super-mario-bros keeps its reward bookkeeping (best x, last time, score,
+        # coins, power-up) in Python, stale after a restore: resync it from the
+        # restored RAM, as its own reset does. Wrappers above re-initialise from the
+        # reset's info and observation; _reset_controls resyncs the jump-press memory.
+        self._nes._did_reset()
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """One NES frame through the env's public step (full reward and info)."""
-        _, reward, terminated, truncated, nes_info = self._nes.step(self._buttons[action])
+        _, reward, terminated, truncated, nes_info = self._nes.step(self._buttons_for(action))
         if self.on_frame is not None:
             self.on_frame(self._nes.screen)
         info = self._small_info(nes_info)
@@ -105,12 +157,12 @@ class MarioCore(gym.Env):
         the episode ended.
         """
         if not self._lean:
-            _, reward, terminated, truncated, _ = self._nes.step(self._buttons[action])
+            _, reward, terminated, truncated, _ = self._nes.step(self._buttons_for(action))
             if self.on_frame is not None:
                 self.on_frame(self._nes.screen)
             return float(reward), terminated or truncated
         nes = self._nes
-        nes._env.frame_advance(self._buttons[action])
+        nes._env.frame_advance(self._buttons_for(action))
         if self.on_frame is not None:
             self.on_frame(nes.screen)
         reward = nes._get_reward() if self.env_reward else 0.0
@@ -118,6 +170,41 @@ class MarioCore(gym.Env):
         nes.done = done
         nes._did_step(done)
         return float(np.clip(reward, -REWARD_LIMIT, REWARD_LIMIT)), done
+
+    def _reset_controls(self) -> None:
+        """Resync the jump-press memory: call after a reset or an emulator state restore.
+
+        Whether A is held comes from the game's own last controller read (released
+        after a reset); armed, so that a restored Mario standing with A held gets
+        his one release.
+        """
+        self._a_held = bool(self._ram[SAVED_JOYPAD] & 0x80)
+        self._jump_armed = True
+
+    def _buttons_for(self, action: int) -> int:
+        """The controller byte for this frame, with the held A released once per landing.
+
+        nes-py holds the byte across frames and the NES starts a jump only when A
+        goes from released to pressed, so a held A on the ground never jumps again.
+        With ``jump_press``, when Mario is on the ground, A was held on the previous
+        frame and the action holds A, A is released for this one frame; then no
+        release until Mario has been in the air again. Not per frame: on the frame
+        of take-off the float state still reads "on the ground", and releasing
+        there again would cut every jump to a hop.
+        """
+        buttons = self._buttons[action]
+        if not self.jump_press:
+            return buttons
+        if self._ram[FLOAT_STATE]:  # airborne (or climbing): the next landing may release
+            self._jump_armed = True
+        elif buttons & A_BUTTON:
+            if not self._a_held:  # a fresh press on the ground starts a jump
+                self._jump_armed = False
+            elif self._jump_armed:  # held from before the landing: release once
+                self._jump_armed = False
+                buttons &= ~A_BUTTON
+        self._a_held = bool(buttons & A_BUTTON)
+        return buttons
 
     def observe(self, out: np.ndarray | None = None) -> np.ndarray:
         """A copy of the current screen, grayscale if ``use_grayscale()`` was called."""

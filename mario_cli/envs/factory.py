@@ -12,17 +12,23 @@ from mario_cli.envs.stages import StageSpec, action_bytes, parse_env_id, stage_s
 
 
 class EpisodeStats(gym.Wrapper):
-    """Adds ``info["episode"]`` (return, length, max_x_pos, cleared, stage) at episode end."""
+    """Adds ``info["episode"]`` (return, length, max_x_pos, cleared, stage, restart,
+    start_x) at episode end; ``restart`` marks an episode started from a saved state."""
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
         self._return = 0.0
         self._length = 0
+        self._restart = False
+        self._start_x = 0
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         self._return = 0.0
         self._length = 0
-        return self.env.reset(**kwargs)
+        obs, info = self.env.reset(**kwargs)
+        self._restart = bool(info.get("restart", False))
+        self._start_x = int(info.get("x_pos", 0))
+        return obs, info
 
     def step(self, action: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
@@ -35,6 +41,8 @@ class EpisodeStats(gym.Wrapper):
                 "max_x_pos": int(info["max_x_pos"]),
                 "cleared": bool(info["flag_get"]),
                 "stage": info["stage_name"],
+                "restart": self._restart,
+                "start_x": self._start_x,
             }
         return obs, reward, terminated, truncated, info
 
@@ -66,7 +74,9 @@ def make_env(cfg: EnvConfig, seed: int | None = None, render_mode: str | None = 
     wrappers = get_host()["wrappers"]
     factories = [wrappers.get(name) for name in cfg.wrappers]  # unknown names fail first
     env_reward = cfg.reward_mode in ("raw", "clip", "score")
-    env: gym.Env = MarioCore(stage_specs(cfg), cfg.movement, env_reward, render_mode)
+    env: gym.Env = MarioCore(
+        stage_specs(cfg), cfg.movement, env_reward, render_mode, jump_press=cfg.jump_press
+    )
     for factory in factories:
         env = factory(env, cfg)
     env = EpisodeStats(env)

@@ -45,6 +45,7 @@ from mario_cli.training.checkpoint import (
     load_checkpoint,
     load_weights,
     restore_rng_state,
+    save_checkpoint,
 )
 from mario_cli.training.collector import BackgroundCollector, Collector
 from mario_cli.training.device import (
@@ -60,6 +61,32 @@ from mario_cli.training.rollout import RolloutBatch, RolloutStorage
 
 Sink = Callable[[Event], None]
 EPISODE_WINDOW = 100  # rolling window of the rollout/* means, as in Stable-Baselines3
+
+
+def stage_start_episodes(episodes: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The episodes that began at the stage start (not from a frontier restart)."""
+    return [e for e in episodes if not e.get("restart", False)]
+
+
+def rollout_metrics(episodes: list[dict[str, Any]], restarts: bool = False) -> dict[str, float]:
+    """The ``rollout/*`` means over the episode window.
+
+    Return, length, max x and clear rate come from stage-start episodes only: a
+    restart episode begins part-way into the stage. With ``restarts`` on, also the
+    window's share of restart episodes and its frontier (the furthest max x of any
+    episode).
+    """
+    metrics: dict[str, float] = {}
+    starts = stage_start_episodes(episodes)
+    if starts:
+        metrics["rollout/ep_rew_mean"] = float(np.mean([e["return"] for e in starts]))
+        metrics["rollout/ep_len_mean"] = float(np.mean([e["length"] for e in starts]))
+        metrics["rollout/avg_max_x_pos"] = float(np.mean([e["max_x_pos"] for e in starts]))
+        metrics["rollout/clear_rate"] = float(np.mean([e["cleared"] for e in starts]))
+    if restarts and episodes:
+        metrics["rollout/restart_share"] = 1.0 - len(starts) / len(episodes)
+        metrics["rollout/frontier_x"] = float(max(e["max_x_pos"] for e in episodes))
+    return metrics
 
 
 class TrainingControl:
@@ -350,6 +377,13 @@ class Trainer:
         self.emit(CheckpointSaved(self.global_step, str(path), kind))
         return path
 
+    def save_weights(self, path: Path) -> Path:
+        """Write the current policy (weights only, loadable by ``mario eval``) to ``path``.
+
+        Outside the rotation, so it is kept; ``mario bench learn`` keeps one per eval point.
+        """
+        return save_checkpoint(path, self._payload(with_optimiser=False))
+
     def resume_command(self) -> str:
         command = ["mario", "resume", self.run.name]
         if self.cfg.train.artifacts_dir != Path("artifacts"):
@@ -525,23 +559,16 @@ class Trainer:
                     max_x_pos=int(episode["max_x_pos"]),
                     cleared=bool(episode["cleared"]),
                     stage=str(episode["stage"]),
+                    restart=bool(episode.get("restart", False)),
                 )
             )
 
     def _rollout_metrics(self) -> dict[str, float]:
-        if not self.episodes:
-            return {}
-        episodes = list(self.episodes)
-        return {
-            "rollout/ep_rew_mean": float(np.mean([e["return"] for e in episodes])),
-            "rollout/ep_len_mean": float(np.mean([e["length"] for e in episodes])),
-            "rollout/avg_max_x_pos": float(np.mean([e["max_x_pos"] for e in episodes])),
-            "rollout/clear_rate": float(np.mean([e["cleared"] for e in episodes])),
-        }
+        return rollout_metrics(list(self.episodes), self.cfg.env.restart_share > 0)
 
     def _maybe_save_best(self, metrics: dict[str, float]) -> None:
-        # Judge only once the window holds enough episodes to mean something.
-        if len(self.episodes) < min(20, EPISODE_WINDOW):
+        # Judge only once the window holds enough stage-start episodes to mean something.
+        if len(stage_start_episodes(self.episodes)) < min(20, EPISODE_WINDOW):
             return
         score = metrics["rollout/clear_rate"] * 10_000 + metrics["rollout/avg_max_x_pos"]
         if self.checkpoints.save_best(self._payload(with_optimiser=False), score):

@@ -41,6 +41,12 @@ def frame_stack(env: Any, cfg: Any) -> Any:
     return FrameStack(env, cfg.frame_stack)
 
 
+def frontier_restarts(env: Any, cfg: Any) -> Any:
+    from mario_envs.restarts import FrontierRestarts
+
+    return FrontierRestarts(env, cfg)
+
+
 @hookimpl
 def register_wrappers(register: Any) -> None:
     register("frame_skip", frame_skip)
@@ -48,3 +54,4 @@ def register_wrappers(register: Any) -> None:
     register("resize", resize)
     register("reward", reward)
     register("frame_stack", frame_stack)
+    register("restarts", frontier_restarts)

@@ -13,6 +13,7 @@ from mario_hints.rules import (
     entropy_collapsed,
     kl_too_large,
     progress_plateau,
+    progress_stalled,
     updates_stalled,
     value_not_learning,
 )
@@ -23,6 +24,7 @@ RULES = {
     "kl-too-large": kl_too_large,
     "value-not-learning": value_not_learning,
     "progress-plateau": progress_plateau,
+    "progress-stalled": progress_stalled,
 }
 
 

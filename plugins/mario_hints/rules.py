@@ -14,10 +14,22 @@ from mario_cli.config import MarioConfig
 from mario_cli.diagnostics import History, entropy_of, resume_command
 from mario_cli.events import Hint
 
-# Where agents commonly get stuck, by stage: (x position, what is there).
+# Where agents commonly get stuck, by stage: (x position, what is there). On 1-1 a
+# scripted run-and-jump Mario dies at 314 (goomba), is blocked at 434, 594, 722 and
+# 898 (the four pipes) and falls at ~1128 and ~1434 (the pits).
 KNOWN_OBSTACLES: dict[str, tuple[tuple[int, str], ...]] = {
-    "1-1": ((314, "the first goomba"), (594, "the tall pipe")),
+    "1-1": (
+        (314, "the first goomba"),
+        (434, "the first pipe"),
+        (594, "the tall pipe"),
+        (722, "the third pipe"),
+        (898, "the fourth pipe"),
+        (1128, "the first pit"),
+        (1434, "the second pit"),
+    ),
 }
+RECENT_EPISODES = 100  # episodes behind the rolling rollout/* means
+CLEARS_MOST = 0.5  # progress-stalled stays quiet from this rolling clear rate on
 
 
 def _all(window: list[dict[str, float]], test: Any) -> bool:
@@ -148,9 +160,8 @@ def progress_plateau(history: History, cfg: MarioConfig) -> list[Hint]:
         return []
     stage = Counter(str(e.get("stage", "?")) for e in episodes).most_common(1)[0][0]
     where = f"x ~ {x} on {stage}"
-    for obstacle_x, what in KNOWN_OBSTACLES.get(stage, ()):
-        if abs(obstacle_x - x) <= max(ui.plateau_tolerance, 16):
-            where += f" ({what})"
+    for what in _obstacles(stage, x, ui.plateau_tolerance):
+        where += f" ({what})"
     env = cfg.env
     penalty = env.stall_penalty
     if env.reward_mode == "progress" or penalty <= 0:
@@ -168,6 +179,76 @@ def progress_plateau(history: History, cfg: MarioConfig) -> list[Hint]:
             resume_command(history, cfg, flags),
         )
     ]
+
+
+def progress_stalled(history: History, cfg: MarioConfig) -> list[Hint]:
+    """The best rolling avg_max_x_pos rose <= ``stall_progress_margin`` px in
+    ``stall_progress_steps`` agent steps while the agent clears few episodes."""
+    ui = cfg.ui
+    window = history.max_x  # the HintEngine sizes it to ui.stall_progress_steps
+    before, recent = window.best_before, window.best_recent
+    if before is None or recent is None or recent - before > ui.stall_progress_margin:
+        return []  # too early (no point older than the window yet) or still improving
+    episodes = list(history.episodes)[-RECENT_EPISODES:]
+    clear_rate = history.metrics[-1].get("rollout/clear_rate") if history.metrics else None
+    if clear_rate is None and episodes:
+        clear_rate = sum(bool(e.get("cleared")) for e in episodes) / len(episodes)
+    if clear_rate is not None and clear_rate >= CLEARS_MOST:
+        return []
+    message = (
+        f"rollout/avg_max_x_pos has not risen more than {ui.stall_progress_margin} px in "
+        f"{window.steps:,} agent steps (best {before:.0f} before, {recent:.0f} since)"
+    )
+    if clear_rate is not None:
+        message += f", clear rate {clear_rate:.0%}"
+    ends = _where_episodes_end(episodes, ui.plateau_tolerance)
+    if ends:
+        message += f"; {ends}: more exploration may get the agent past them"
+    else:
+        message += ": more exploration may find a way further"
+    flags = [f"--ent-coef {_more(cfg.algo.ent_coef):g}"]
+    return [
+        Hint(history.step, "progress-stalled", "warn", message, resume_command(history, cfg, flags))
+    ]
+
+
+def _where_episodes_end(episodes: list[dict[str, Any]], tolerance: int, top: int = 3) -> str:
+    """'the last 100 episodes end at x ≈ 594 on 1-1 (42%, the tall pipe), ...'.
+
+    Greedy clusters of the non-cleared episodes' max x: the x with the most episodes
+    within ±``tolerance`` px, then the next among the rest; shares are of all episodes.
+    """
+    stages = {str(e.get("stage", "?")) for e in episodes}
+    left = [
+        (str(e.get("stage", "?")), int(e["max_x_pos"])) for e in episodes if not e.get("cleared")
+    ]
+
+    def near(center: tuple[str, int], end: tuple[str, int]) -> bool:
+        return end[0] == center[0] and abs(end[1] - center[1]) <= tolerance
+
+    clusters: list[tuple[str, int, int]] = []  # (stage, median x, episodes)
+    while left and len(clusters) < top:
+        center = max(sorted(set(left)), key=lambda c: sum(near(c, end) for end in left))
+        members = [end for end in left if near(center, end)]
+        if len(members) < 2:
+            break  # the rest are spread out
+        left = [end for end in left if not near(center, end)]
+        clusters.append((center[0], int(median(x for _, x in members)), len(members)))
+    if not clusters:
+        return ""
+    parts = []
+    for stage, x, count in clusters:
+        where = f"x ≈ {x}" + (f" on {stage}" if len(stages) > 1 else "")
+        what = "".join(f", {name}" for name in _obstacles(stage, x, tolerance))
+        parts.append(f"{where} ({count / len(episodes):.0%}{what})")
+    on = f" on {next(iter(stages))}" if len(stages) == 1 else ""
+    return f"the last {len(episodes)} episodes{on} end at " + ", ".join(parts)
+
+
+def _obstacles(stage: str, x: int, tolerance: int) -> list[str]:
+    """What KNOWN_OBSTACLES has within ±max(``tolerance``, 16) px of ``x``."""
+    near = max(tolerance, 16)
+    return [what for at, what in KNOWN_OBSTACLES.get(stage, ()) if abs(at - x) <= near]
 
 
 def _more(value: float, floor: float = 0.01) -> float:

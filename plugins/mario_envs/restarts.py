@@ -1,0 +1,232 @@
+"""Frontier restarts: start some training episodes from saved states near where episodes end.
+
+Every episode from the stage start replays the ground the agent has already solved
+before it practises the spot where it dies. ``FrontierRestarts`` keeps an archive of
+emulator states this env reached (by stage and x bucket) and starts a share of the
+resets from one of them, a few buckets before an x where a recent episode died or
+was cut, so the agent gets a run-up to its frontier (Go-Explore's "return, then
+explore"; Salimans & Chen's backward curriculum).
+
+- Which state: a recent death (or no-progress cut) x of a stage, drawn uniformly
+  from the last ``ENDS_KEPT``, so restarts go where episodes end most; then the
+  highest archived bucket at least ``restart_runup_buckets`` before it, and one of
+  that bucket's states at random.
+- How often: ``restart_share * (1 - clear rate)``, the clear rate being that of
+  this env's last ``ANNEAL_EPISODES`` stage-start episodes of the stage. Restarts
+  fade out by themselves, stage by stage, as the agent clears from the start (a
+  schedule over steps could not know when a stage is solved).
+- What is kept: a state is saved when Mario first enters a bucket in an episode and
+  kept only if he lives ``SAFE_STEPS`` more steps (states that lead straight into
+  a death are useless starts); the newest ``restart_states_per_bucket`` per bucket,
+  at most ``restart_max_states`` in all (each ~256 KB). Snapshots are native objects
+  that cannot be pickled: the archive lives in its env worker and is rebuilt, not
+  saved, when a run resumes.
+
+The restore itself happens in ``MarioCore.reset`` (``options={"restore": state}``),
+below every other wrapper, so they all re-initialise from the restored observation
+and info: the progress reward starts from the restored x (nothing is paid for the
+skipped part), the frame stack is refilled. Restart episodes carry
+``info["restart"] = True`` at reset and ``"restart"`` / ``"start_x"`` in
+``info["episode"]``; the trainer keeps them out of ``rollout/*``, hints and best.pt.
+With ``restart_share = 0`` the wrapper passes everything through untouched.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from mario_cli.envs.core import MarioCore
+
+SAFE_STEPS = 8  # agent steps Mario must survive after a state for it to be kept
+ANNEAL_EPISODES = 20  # stage-start episodes in each stage's rolling clear rate
+ENDS_KEPT = 32  # recent death / cut x per stage that restarts aim at
+
+
+class FrontierArchive:
+    """Saved states by stage and x bucket, bounded in count.
+
+    Each bucket keeps its newest ``per_bucket`` states (they follow the current
+    policy; a weaker policy's states age out). Past ``max_states`` in all, a state
+    goes from the stage holding the most, from its fullest bucket, the lowest x of
+    those (furthest behind the frontier), the oldest first. Bucket 0 is never kept:
+    a restart there would skip nothing.
+    """
+
+    def __init__(self, bucket_px: int, per_bucket: int, max_states: int) -> None:
+        if bucket_px < 1 or per_bucket < 1 or max_states < 1:
+            raise ValueError("bucket width, states per bucket and max states must be >= 1")
+        self.bucket_px = bucket_px
+        self.per_bucket = per_bucket
+        self.max_states = max_states
+        self._stages: dict[Hashable, dict[int, deque[Any]]] = {}
+        self._counts: dict[Hashable, int] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def bucket(self, x: int) -> int:
+        return int(x) // self.bucket_px
+
+    def buckets(self, stage: Hashable) -> dict[int, int]:
+        """Bucket -> number of states kept, for one stage."""
+        return {b: len(s) for b, s in sorted(self._stages.get(stage, {}).items())}
+
+    def add(self, stage: Hashable, x: int, state: Any) -> None:
+        bucket = self.bucket(x)
+        if bucket < 1:
+            return
+        states = self._stages.setdefault(stage, {}).setdefault(bucket, deque())
+        if len(states) >= self.per_bucket:
+            states.popleft()
+        else:
+            self._counts[stage] = self._counts.get(stage, 0) + 1
+            self._count += 1
+        states.append(state)
+        while self._count > self.max_states:
+            self._evict()
+
+    def _evict(self) -> None:
+        stage = max(self._counts, key=self._counts.__getitem__)
+        buckets = self._stages[stage]
+        bucket = min(buckets, key=lambda b: (-len(buckets[b]), b))
+        buckets[bucket].popleft()
+        if not buckets[bucket]:
+            del buckets[bucket]
+        self._counts[stage] -= 1
+        self._count -= 1
+        if not self._counts[stage]:
+            del self._counts[stage], self._stages[stage]
+
+    def pick(self, stage: Hashable, max_bucket: int, rng: np.random.Generator) -> Any | None:
+        """A state from the highest bucket <= ``max_bucket`` of ``stage``, or None."""
+        buckets = self._stages.get(stage)
+        if not buckets or max_bucket < 1:
+            return None
+        usable = [b for b in buckets if b <= max_bucket]
+        if not usable:
+            return None
+        states = buckets[max(usable)]
+        return states[int(rng.integers(len(states)))]
+
+
+class FrontierRestarts(gym.Wrapper):
+    """Start ``restart_share`` of the training resets from archived frontier states.
+
+    Put it last in ``env.wrappers`` (it then sees agent steps, the reward wrapper's
+    no-progress cuts, and the stacked observations it passes through unchanged).
+    Needs the core Mario env underneath; on any other env it does nothing.
+    """
+
+    def __init__(self, env: gym.Env, cfg: Any) -> None:
+        super().__init__(env)
+        core = env.unwrapped
+        self._core = core if isinstance(core, MarioCore) else None
+        self.share = float(cfg.restart_share)
+        self.enabled = self.share > 0 and self._core is not None
+        self.runup = int(cfg.restart_runup_buckets)
+        self.archive = FrontierArchive(
+            cfg.restart_bucket_px, cfg.restart_states_per_bucket, cfg.restart_max_states
+        )
+        self._rng = np.random.default_rng()
+        # Keyed by (stage label, world, stage): a whole-game env plays many stages.
+        self._ends: dict[tuple[str, int, int], deque[int]] = {}
+        self._clears: dict[str, deque[bool]] = {}
+        self._pending: deque[tuple[int, tuple[str, int, int], int, Any]] = deque()
+        self._restart = False
+        self._label = ""
+        self._key: tuple[str, int, int] = ("", 0, 0)
+        self._run_max = 0
+        self._top = 0
+        self._life = 0
+        self._steps = 0
+
+    # ------------------------------------------------------------------ reset
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        if not self.enabled:
+            return self.env.reset(seed=seed, options=options)
+        if seed is not None:
+            self._rng = np.random.default_rng([seed, 0x5E57])
+        options = dict(options or {})
+        if "restore" not in options:
+            saved = self._choose()
+            if saved is not None:
+                options["restore"] = saved
+        obs, info = self.env.reset(seed=seed, options=options or None)
+        self._restart = bool(info.get("restart", False))
+        self._label = info["stage_name"]
+        self._begin_run(info)
+        return obs, info
+
+    def restart_probability(self, label: str) -> float:
+        """``restart_share`` scaled by the share of stage-start episodes not cleared."""
+        clears = self._clears.get(label)
+        rate = float(np.mean(clears)) if clears else 0.0
+        return self.share * (1.0 - rate)
+
+    def _choose(self) -> Any | None:
+        specs = self._core.specs
+        label = specs[int(self._rng.integers(len(specs)))].label
+        if self._rng.random() >= self.restart_probability(label):
+            return None
+        keys = [key for key, ends in self._ends.items() if key[0] == label and ends]
+        if not keys:
+            return None
+        key = keys[int(self._rng.integers(len(keys)))]
+        ends = self._ends[key]
+        end_x = ends[int(self._rng.integers(len(ends)))]
+        return self.archive.pick(key, self.archive.bucket(end_x) - self.runup, self._rng)
+
+    def _begin_run(self, info: dict[str, Any]) -> None:
+        """A new stretch of play: an episode, a stage of the whole game, or a new life."""
+        self._key = (self._label, int(info["world"]), int(info["stage"]))
+        self._run_max = int(info["x_pos"])
+        self._top = self.archive.bucket(self._run_max)
+        self._life = int(info["life"])
+        self._pending.clear()
+        self._steps = 0
+
+    # ------------------------------------------------------------------- step
+    def step(self, action: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if not self.enabled:
+            return obs, reward, terminated, truncated, info
+        key = (self._label, int(info["world"]), int(info["stage"]))
+        if key != self._key:  # the whole game moved on to the next stage
+            self._commit(self._steps)
+            self._begin_run(info)
+        self._steps += 1
+        x = int(info["x_pos"])
+        self._run_max = max(self._run_max, x)
+        died = (terminated and not info["flag_get"]) or int(info["life"]) < self._life
+        if died or truncated:
+            self._ends.setdefault(self._key, deque(maxlen=ENDS_KEPT)).append(self._run_max)
+        if terminated or truncated:
+            if not died:  # the flag or a cut: what came before did not kill Mario
+                self._commit(self._steps)
+            if not self._restart:
+                clears = self._clears.setdefault(self._label, deque(maxlen=ANNEAL_EPISODES))
+                clears.append(bool(info["flag_get"]))
+            self._pending.clear()
+        elif died:  # a life lost in the whole game: the next life starts over
+            self._begin_run(info)
+        else:
+            bucket = self.archive.bucket(x)
+            if bucket > self._top:
+                self._top = bucket
+                self._pending.append((self._steps, self._key, x, self._core.dump_state()))
+            self._commit(self._steps - SAFE_STEPS)
+        return obs, reward, terminated, truncated, info
+
+    def _commit(self, up_to_step: int) -> None:
+        """Archive the pending states saved at or before ``up_to_step``."""
+        while self._pending and self._pending[0][0] <= up_to_step:
+            _, key, x, state = self._pending.popleft()
+            self.archive.add(key, x, state)
