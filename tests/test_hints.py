@@ -270,10 +270,16 @@ def stalled_engine(cfg: MarioConfig) -> HintEngine:
     return engine
 
 
-def test_progress_stalled_names_where_episodes_end_and_more_exploration(
-    cfg: MarioConfig,
-) -> None:
-    engine = stalled_engine(cfg)
+def levers_on() -> MarioConfig:
+    """Jump press and restarts on: the stall hint's remaining lever is exploration."""
+    cfg = MarioConfig()
+    cfg.env.jump_press = True
+    cfg.env.restart_share = 0.5
+    return cfg
+
+
+def test_progress_stalled_names_where_episodes_end_and_more_exploration() -> None:
+    engine = stalled_engine(levers_on())
     # 150k agent steps at 800 ± 50. The first point is 100k steps old at step 102,400,
     # but it (750) and the next (787) are more than 50 px below the later best (849);
     # with the third (824) the window has risen only 25 px: it fires, once.
@@ -333,7 +339,7 @@ def test_progress_stalled_counts_agent_steps_not_iterations() -> None:
 
 
 def test_progress_stalled_respects_the_cooldown() -> None:
-    cfg = MarioConfig()
+    cfg = levers_on()
     cfg.ui.hint_cooldown = 20
     engine = stalled_engine(cfg)
     fired = feed(engine, [plateau_x(i) for i in range(50 + 45)])
@@ -341,7 +347,8 @@ def test_progress_stalled_respects_the_cooldown() -> None:
     assert [step // 2048 for step, _ in fired] == [52, 72, 92]
 
 
-def test_where_episodes_end_is_spread_or_per_stage(cfg: MarioConfig) -> None:
+def test_where_episodes_end_is_spread_or_per_stage() -> None:
+    cfg = levers_on()
     history = History()
     history.max_x = StepWindow(10_000, 200)
     for i, x in enumerate([700.0] * 60, 1):
@@ -359,6 +366,20 @@ def test_where_episodes_end_is_spread_or_per_stage(cfg: MarioConfig) -> None:
     [hint] = progress_stalled(history, cfg)
     assert "the last 30 episodes end at x ≈ 594 on 1-1 (17%, the tall pipe), " in hint.message
     assert "x ≈ 594 on 1-2 (17%):" in hint.message
+
+
+def test_progress_stalled_suggests_the_strongest_lever_still_off() -> None:
+    cfg = MarioConfig()
+    cfg.env.jump_press, cfg.env.restart_share = False, 0.0
+    [(_, hint)] = feed(stalled_engine(cfg), [plateau_x(i) for i in range(74)])
+    assert hint.command == f"mario resume --init-model-path {CKPT} --jump-press"
+    assert "a jump the policy controls (A released once per landing) may get" in hint.message
+    parses_as_mario_resume(hint.command)
+    cfg.env.jump_press = True
+    [(_, hint)] = feed(stalled_engine(cfg), [plateau_x(i) for i in range(74)])
+    assert hint.command == f"mario resume --init-model-path {CKPT} --restart-share 0.5"
+    assert "practice from saved states near where episodes end may get" in hint.message
+    parses_as_mario_resume(hint.command)
 
 
 # ------------------------------------------------------------------- engine

@@ -202,14 +202,24 @@ def progress_stalled(history: History, cfg: MarioConfig) -> list[Hint]:
     if clear_rate is not None:
         message += f", clear rate {clear_rate:.0%}"
     ends = _where_episodes_end(episodes, ui.plateau_tolerance)
+    flags, lever = _stall_lever(cfg)
     if ends:
-        message += f"; {ends}: more exploration may get the agent past them"
+        message += f"; {ends}: {lever} may get the agent past them"
     else:
-        message += ": more exploration may find a way further"
-    flags = [f"--ent-coef {_more(cfg.algo.ent_coef):g}"]
+        message += f": {lever} may find a way further"
     return [
         Hint(history.step, "progress-stalled", "warn", message, resume_command(history, cfg, flags))
     ]
+
+
+def _stall_lever(cfg: MarioConfig) -> tuple[list[str], str]:
+    """The next lever for a stalled agent, the strongest measured one first."""
+    env = cfg.env
+    if not env.jump_press:
+        return ["--jump-press"], "a jump the policy controls (A released once per landing)"
+    if env.restart_share <= 0 and "restarts" in env.wrappers:
+        return ["--restart-share 0.5"], "practice from saved states near where episodes end"
+    return [f"--ent-coef {_more(cfg.algo.ent_coef):g}"], "more exploration"
 
 
 def _where_episodes_end(episodes: list[dict[str, Any]], tolerance: int, top: int = 3) -> str:
