@@ -153,8 +153,8 @@ def _agent_and_env(job: EpisodeJob) -> tuple[Agent, Any]:
 
     key = (job.checkpoint, tuple(sorted(job.env_overrides.items())))
     if key not in _worker_cache:
-        while len(_worker_cache) >= _WORKER_CACHE_SIZE:
-            _, (_, old_env) = _worker_cache.popitem()
+        while len(_worker_cache) >= _WORKER_CACHE_SIZE:  # drop the oldest
+            _, old_env = _worker_cache.pop(next(iter(_worker_cache)))
             old_env.close()
         agent = load_agent(Path(job.checkpoint), job.env_overrides)
         _worker_cache[key] = (agent, make_env(agent.cfg.env))
@@ -192,7 +192,7 @@ def run_episodes(
                     on_episode(done)
         _close_worker_cache()
         return results
-    # Small tasks of one checkpoint each: the pool balances them and progress shows.
+    # Small tasks (up to 4 episodes): the pool balances them and progress shows.
     size = max(1, min(4, len(jobs) // (workers * 4)))
     tasks = [indexed[i : i + size] for i in range(0, len(indexed), size)]
     ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")

@@ -178,7 +178,7 @@ def learn(
     variant = {section: dict(values) for section, values in overrides.items()}
     if stage is not None:
         spec = stage_spec(stage)
-        overrides.setdefault("env", {}).update(env_id=spec_env_id(spec), random_stage=False)
+        overrides.setdefault("env", {}).update(env_id=spec.env_id, random_stage=False)
     cfg = load_config(config, overrides)
     parse_env_id(cfg.env.env_id)
     budget = make_budget(minutes, steps)
@@ -260,11 +260,6 @@ def learn(
         return
     print_learn_table(result)
     console.print(f"wrote {path} and {result['plot']}", highlight=False)
-
-
-def spec_env_id(spec: Any) -> str:
-    prefix = "SuperMarioBros2" if spec.lost_levels else "SuperMarioBros"
-    return f"{prefix}-{spec.label}-v0"
 
 
 def _rate(value: float | None) -> str:
