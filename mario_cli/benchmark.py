@@ -122,14 +122,26 @@ def bench_mario_training(cfg: MarioConfig, steps: int) -> dict[str, object]:
     """Train the given config for ``steps`` agent steps; steps/s and where the time went."""
     import tempfile
 
+    from mario_cli.costs import CpuMeter
     from mario_cli.training.trainer import Trainer
 
     rollout = cfg.algo.n_steps * cfg.env.n_envs
     cfg.train.total_timesteps = max(rollout, (steps + rollout - 1) // rollout * rollout)
     cfg.train.save_freq = 10**12
+    meter = CpuMeter()
+
+    # Measured from the end of the first iteration to the end of the last, so start-up
+    # (worker spawn, first-call allocations) is not counted as idle cores.
+    def on_iteration(step: int, _metrics: dict) -> None:
+        pids = trainer.venv.worker_pids if trainer.venv is not None else []
+        if step == rollout:
+            meter.start(pids)
+        elif step >= cfg.train.total_timesteps:
+            meter.stop(pids)
+
     with tempfile.TemporaryDirectory() as tmp:
         cfg.train.artifacts_dir = Path(tmp)
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, on_iteration=on_iteration)
         finished = trainer.train()
     wall = trainer.loop_seconds
     return {
@@ -137,6 +149,7 @@ def bench_mario_training(cfg: MarioConfig, steps: int) -> dict[str, object]:
         "wall_seconds": round(wall, 3),
         "sps": round(finished.step / wall, 2),
         "breakdown": {k: round(v, 3) for k, v in trainer.timer.seconds.items()},
+        "cpu_busy": None if meter.busy is None else round(meter.busy, 3),
     }
 
 
@@ -151,6 +164,11 @@ def bench_sb3_training(cfg: MarioConfig, steps: int) -> dict[str, object]:
     return {"steps": int(summary["global_step"]), "sps": round(summary["sps"], 2)}
 
 
+def _mean_or_none(values: list) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(float(np.mean(present)), 3) if present else None
+
+
 def bench_train(
     cfg: MarioConfig,
     steps: int,
@@ -159,8 +177,12 @@ def bench_train(
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, object]:
     """mario (and optionally SB3) training throughput, alternating runs when comparing."""
+    from mario_cli.costs import measure_sample_costs
+
     progress("bare emulator")
     raw_fps, ceiling = env_ceiling_sps(cfg.env)
+    progress("per-sample costs: emulator, inference, learner")
+    costs = measure_sample_costs(cfg.model_copy(deep=True))
     mario_runs, sb3_runs = [], []
     for round_index in range(rounds):
         progress(f"mario training, round {round_index + 1}/{rounds}")
@@ -184,6 +206,14 @@ def bench_train(
         "n_envs": cfg.env.n_envs,
         "cpu_count": os.cpu_count() or 1,
         "rounds": rounds,
+        "cpu_busy": _mean_or_none([r["cpu_busy"] for r in mario_runs]),
+        "costs_ms": {
+            "emulator_per_step": round(costs.emulator_ms, 3),
+            "inference_per_step": round(costs.inference_ms, 3),
+            "learner_per_sample": round(costs.learner_ms, 3),
+        },
+        "limit_sps": round(costs.limit_sps, 2),
+        "ratio_to_limit": round(sps / costs.limit_sps, 3),
     }
     if vs_sb3:
         sb3_sps = float(np.mean([r["sps"] for r in sb3_runs]))

@@ -26,5 +26,16 @@ def test_bench_train_fields_and_breakdown(tmp_path: Path) -> None:
     total = sum(data["breakdown"].values())
     assert total == pytest.approx(data["wall_seconds"], rel=0.10)
     assert data["breakdown"]["env_wait"] > 0 and data["breakdown"]["update"] > 0
+    # the per-sample costs, each measured on its own, and the limit they imply
+    costs = data["costs_ms"]
+    assert set(costs) == {"emulator_per_step", "inference_per_step", "learner_per_sample"}
+    assert all(value > 0 for value in costs.values())
+    assert data["limit_sps"] == pytest.approx(
+        data["cpu_count"] * 1000 / sum(costs.values()), rel=0.01
+    )
+    assert 0 < data["ratio_to_limit"] <= 1.2
+    assert data["ratio_to_limit"] == pytest.approx(data["sps"] / data["limit_sps"], abs=1e-3)
+    # CPU busy counts this process and the env workers over the measured iterations
+    assert 0 < data["cpu_busy"] <= 1.05
     # nothing is left behind by a benchmark
     assert not (tmp_path / "artifacts").exists()

@@ -111,6 +111,14 @@ def train(
     table.add_row("training steps/s", f"{result['sps']:,.1f}")
     table.add_row("emulator ceiling steps/s", f"{result['env_ceiling_sps']:,.1f}")
     table.add_row("ratio to ceiling", f"{result['ratio_to_ceiling']:.2f}")
+    costs = result["costs_ms"]
+    table.add_row("  emulator CPU-ms per step", f"{costs['emulator_per_step']:.2f}")
+    table.add_row("  inference CPU-ms per step", f"{costs['inference_per_step']:.2f}")
+    table.add_row("  learner CPU-ms per sample", f"{costs['learner_per_sample']:.2f}")
+    table.add_row("limit steps/s (cores / total cost)", f"{result['limit_sps']:,.1f}")
+    table.add_row("ratio to limit", f"{result['ratio_to_limit']:.2f}")
+    busy = result["cpu_busy"]
+    table.add_row("CPU busy (all processes)", "n/a" if busy is None else f"{busy:.2f}")
     for phase, seconds in result["breakdown"].items():
         table.add_row(f"  {phase} (s)", f"{seconds:.1f}")
     if vs_sb3:

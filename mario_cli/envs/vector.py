@@ -175,6 +175,11 @@ class VectorEnv:
     def n_workers(self) -> int:
         return len(self._workers) if self._workers else 0
 
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the env workers (none in sync mode)."""
+        return [proc.pid for proc, _, _ in self._workers or [] if proc.pid is not None]
+
     def _start_workers(self, n_workers: int) -> None:
         methods = mp.get_all_start_methods()
         # Never plain fork: the TUI and the learner run threads in this process.

@@ -1,0 +1,193 @@
+"""What one training sample costs in CPU time, and the steps/s those costs allow.
+
+Each cost is measured on its own, with nothing else running in this process:
+
+- the emulator: one env through the whole configured pipeline, CPU-ms per agent step;
+- inference: the policy acting on a batch of ``n_envs`` observations on one thread,
+  as the collector does, CPU-ms per agent step;
+- the learner: one full update of the configured algorithm (epochs, minibatch,
+  replay) on a rollout of the configured size, CPU-ms per sample.
+
+A machine with C cores can then train at most ``C * 1000 / (sum of the three)``
+agent steps/s: ``limit_sps``. ``bench train`` reports its steps/s against it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from mario_cli.config import EnvConfig, MarioConfig
+
+
+@dataclass(frozen=True)
+class SampleCosts:
+    emulator_ms: float
+    inference_ms: float
+    learner_ms: float
+    cores: int
+
+    @property
+    def total_ms(self) -> float:
+        return self.emulator_ms + self.inference_ms + self.learner_ms
+
+    @property
+    def limit_sps(self) -> float:
+        return self.cores * 1000.0 / self.total_ms
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            **{k: round(v, 3) for k, v in asdict(self).items()},
+            "total_ms": round(self.total_ms, 3),
+            "limit_sps": round(self.limit_sps, 2),
+        }
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+def emulator_ms_per_step(
+    cfg: EnvConfig, steps: int = 400, seed: int = 0
+) -> tuple[float, tuple, int]:
+    """(CPU-ms per agent step of one env, its observation shape, its action count)."""
+    from mario_cli.envs import make_env
+
+    env = make_env(cfg)
+    try:
+        env.reset(seed=seed)
+        choices = np.random.default_rng(seed).integers(env.action_space.n, size=steps)
+        start = time.process_time()
+        for action in choices:
+            _, _, terminated, truncated, _ = env.step(int(action))
+            if terminated or truncated:
+                env.reset()
+        cpu = time.process_time() - start
+        return 1000.0 * cpu / steps, tuple(env.observation_space.shape), int(env.action_space.n)
+    finally:
+        env.close()
+
+
+def _random_obs(shape: tuple[int, ...], rng: np.random.Generator) -> torch.Tensor:
+    return torch.from_numpy(rng.integers(0, 256, size=shape, dtype=np.uint8))
+
+
+def inference_ms_per_step(
+    cfg: MarioConfig, obs_shape: tuple, n_actions: int, calls: int = 30, seed: int = 0
+) -> float:
+    """CPU-ms per agent step of one batched policy call on one thread (as in collection)."""
+    from mario_cli.training.builders import build_policy
+
+    policy, _ = build_policy(cfg, obs_shape, n_actions, torch.device("cpu"))
+    n = cfg.env.n_envs
+    obs = _random_obs((n, *obs_shape), np.random.default_rng(seed))
+    done = torch.zeros(n)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            state = policy.initial_state(n)
+            policy.act(obs, state, done)  # warm-up: first-call allocations
+            start = time.process_time()
+            for _ in range(calls):
+                _, _, _, state = policy.act(obs, state, done)
+            cpu = time.process_time() - start
+    finally:
+        torch.set_num_threads(previous)
+    return 1000.0 * cpu / (calls * n)
+
+
+def learner_ms_per_sample(
+    cfg: MarioConfig, obs_shape: tuple, n_actions: int, seed: int = 0
+) -> float:
+    """CPU-ms per sample of one full update at the configured threads, epochs and batch.
+
+    The rollout is random data; the KL early stop is off so every configured epoch
+    runs (the cost of the update as configured, not of one that stops early).
+    """
+    from mario_cli.training.builders import build_algorithm, build_policy
+    from mario_cli.training.device import configure_threads
+    from mario_cli.training.optim import Optimiser
+    from mario_cli.training.rollout import RolloutStorage
+
+    cfg = cfg.model_copy(deep=True)
+    cfg.algo.target_kl = None
+    device = torch.device("cpu")
+    configure_threads(cfg.train.torch_threads)
+    torch.manual_seed(seed)
+    policy, _ = build_policy(cfg, obs_shape, n_actions, device)
+    optimiser = Optimiser(policy.parameters(), cfg.algo, 10, device)
+    algorithm = build_algorithm(cfg, policy, optimiser, obs_shape)
+    steps, n = cfg.algo.n_steps, cfg.env.n_envs
+    rng = np.random.default_rng(seed)
+    storage = RolloutStorage(steps, n, obs_shape, device)
+    state = policy.initial_state(n)
+    with torch.inference_mode():
+        for _ in range(steps):
+            obs = _random_obs((n, *obs_shape), rng)
+            starts = torch.zeros(n)
+            actions, log_probs, values, state = policy.act(obs, state, starts)
+            rewards = torch.from_numpy(rng.normal(0.5, 1.0, size=n).astype(np.float32))
+            dones = torch.from_numpy((rng.random(n) < 0.01).astype(np.float32))
+            storage.add(obs, actions, log_probs, values, rewards, dones, starts)
+    batch = storage.batch(torch.zeros(n), _random_obs((n, *obs_shape), rng), None)
+    if policy.recurrent:
+        batch.initial_state = policy.initial_state(n)
+    start = time.process_time()
+    algorithm.update(batch)
+    cpu = time.process_time() - start
+    return 1000.0 * cpu / (steps * n)
+
+
+def measure_sample_costs(cfg: MarioConfig, env_steps: int = 400) -> SampleCosts:
+    """The three per-sample costs of ``cfg``, each measured on its own."""
+    emulator, obs_shape, n_actions = emulator_ms_per_step(cfg.env, env_steps, cfg.train.seed)
+    return SampleCosts(
+        emulator_ms=emulator,
+        inference_ms=inference_ms_per_step(cfg, obs_shape, n_actions, seed=cfg.train.seed),
+        learner_ms=learner_ms_per_sample(cfg, obs_shape, n_actions, seed=cfg.train.seed),
+        cores=cpu_count(),
+    )
+
+
+class CpuMeter:
+    """CPU seconds used by this process and the given worker processes since ``start``."""
+
+    def __init__(self) -> None:
+        self.cpu_seconds = 0.0
+        self.wall_seconds = 0.0
+        self._start: tuple[float, float] | None = None
+
+    @staticmethod
+    def _cpu(pids: list[int]) -> float:
+        import psutil
+
+        total = time.process_time()
+        for pid in pids:
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.Error:  # a worker that already exited
+                continue
+            total += times.user + times.system
+        return total
+
+    def start(self, pids: list[int]) -> None:
+        self._start = (self._cpu(pids), time.perf_counter())
+
+    def stop(self, pids: list[int]) -> None:
+        if self._start is None:
+            return
+        cpu, wall = self._start
+        self.cpu_seconds = self._cpu(pids) - cpu
+        self.wall_seconds = time.perf_counter() - wall
+
+    @property
+    def busy(self) -> float | None:
+        """CPU time over wall time x cores: 1.0 is every core busy all the time."""
+        if self.wall_seconds <= 0:
+            return None
+        return self.cpu_seconds / (self.wall_seconds * cpu_count())
