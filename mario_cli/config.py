@@ -206,7 +206,9 @@ class TrainConfig(Section):
     total_timesteps: int = Field(1_000_000, ge=1, description="Agent steps over all envs.")
     seed: int = Field(0, description="Seeds torch, numpy and every env.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Compute device.")
-    amp: bool | None = Field(None, description="Mixed precision on CUDA (None: auto).")
+    amp: bool | None = Field(
+        None, description="Mixed precision: bf16/fp16 on CUDA, bf16 on CPU (None: CUDA only)."
+    )
     compile: bool | None = Field(None, description="torch.compile the policy (None: auto).")
     torch_threads: int = Field(
         0, ge=0, description="Update threads (0: one per core; collection uses 1)."

@@ -123,7 +123,8 @@ def test_sanity_check() -> None:
 def test_amp_and_compile_choices() -> None:
     cpu = torch.device("cpu")
     assert amp_settings(cpu, None) == (False, None, False)
-    assert amp_settings(cpu, True) == (False, None, False)
+    assert amp_settings(cpu, True) == (True, torch.bfloat16, False)
+    assert amp_settings(cpu, False) == (False, None, False)
     assert amp_settings(torch.device("mps"), True) == (False, None, False)
     assert amp_settings(torch.device("cuda"), False) == (False, None, False)
     assert not should_compile(cpu, None)

@@ -80,16 +80,31 @@ def resolve_device(requested: str) -> tuple[torch.device, str | None]:
     return torch.device("cpu"), f"MPS failed a sanity check ({problem}); using the CPU"
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AMX or AVX512-BF16).
+
+    Without it, bf16 autocast on a CPU is emulated and slower than float32.
+    """
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
 def amp_settings(
     device: torch.device, requested: bool | None
 ) -> tuple[bool, torch.dtype | None, bool]:
     """(enabled, autocast dtype, use GradScaler) for mixed precision.
 
-    Only CUDA gets AMP (None means on): bf16 where supported, else fp16 with a
-    GradScaler. On CPU or MPS it is always off; a caller that got ``requested=True``
-    there should tell the user it was ignored.
+    CUDA (None means on): bf16 where supported, else fp16 with a GradScaler.
+    CPU: bf16 autocast when asked for (None means off), since the numerics differ
+    from float32 and only CPUs with native bf16 are faster for it. MPS: always off;
+    a caller that got ``requested=True`` there should tell the user it was ignored.
     """
-    if device.type != "cuda" or requested is False:
+    if requested is False:
+        return False, None, False
+    if device.type == "cpu":
+        return (True, torch.bfloat16, False) if requested else (False, None, False)
+    if device.type != "cuda":
         return False, None, False
     if torch.cuda.is_bf16_supported():
         return True, torch.bfloat16, False

@@ -52,6 +52,7 @@ from mario_cli.training.device import (
     CompileGuard,
     amp_settings,
     configure_threads,
+    cpu_has_native_bf16,
     resolve_device,
     seed_everything,
     should_compile,
@@ -214,7 +215,9 @@ class Trainer:
             self._note(note)
         amp_on, amp_dtype, use_scaler = amp_settings(self.device, cfg.train.amp)
         if cfg.train.amp and not amp_on:
-            self._note(f"AMP needs CUDA; training in float32 on {self.device.type}")
+            self._note(f"AMP needs CUDA or a CPU; training in float32 on {self.device.type}")
+        elif amp_on and self.device.type == "cpu" and not cpu_has_native_bf16():
+            self._note("this CPU has no native bfloat16 (AMX, AVX512-BF16): --amp is slower here")
         seed_everything(cfg.train.seed)
 
         self.venv = VectorEnv(cfg.env, seed=cfg.train.seed)

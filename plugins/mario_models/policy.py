@@ -89,7 +89,9 @@ class ActorCritic(nn.Module):
                 module.reset_noise()
 
     def _heads(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        return self.actor(features), self.critic(features).squeeze(-1)
+        # float32 out of the heads: under autocast, bf16 log-probs would be off by ~1e-2,
+        # the size of a PPO ratio's whole change in one update.
+        return self.actor(features).float(), self.critic(features).squeeze(-1).float()
 
     def forward(self, obs: Tensor, state: Any = None, done: Tensor | None = None) -> PolicyOutput:
         features = self.backbone(obs)
