@@ -175,18 +175,29 @@ def bench_train(
     vs_sb3: bool = False,
     rounds: int = 1,
     progress: Callable[[str], None] = lambda _: None,
+    same_settings: bool = False,
 ) -> dict[str, object]:
-    """mario (and optionally SB3) training throughput, alternating runs when comparing."""
+    """mario (and optionally SB3) training throughput, alternating runs when comparing.
+
+    ``same_settings`` adds, in every round, mario trained with SB3's classic settings
+    (``same_settings_config``), so ``ratio_vs_sb3_same_settings`` compares engineering
+    alone; ``ratio_vs_sb3`` compares the defaults.
+    """
     from mario_cli.costs import measure_sample_costs
 
     progress("bare emulator")
     raw_fps, ceiling = env_ceiling_sps(cfg.env)
     progress("per-sample costs: emulator, inference, learner")
     costs = measure_sample_costs(cfg.model_copy(deep=True))
-    mario_runs, sb3_runs = [], []
+    mario_runs, same_runs, sb3_runs = [], [], []
     for round_index in range(rounds):
         progress(f"mario training, round {round_index + 1}/{rounds}")
         mario_runs.append(bench_mario_training(cfg.model_copy(deep=True), steps))
+        if same_settings:
+            from mario_cli.baselines.sb3_ppo import same_settings_config
+
+            progress(f"mario with SB3's settings, round {round_index + 1}/{rounds}")
+            same_runs.append(bench_mario_training(same_settings_config(cfg), steps))
         if vs_sb3:
             progress(f"Stable-Baselines3 PPO, round {round_index + 1}/{rounds}")
             sb3_runs.append(bench_sb3_training(cfg, steps))
@@ -215,8 +226,14 @@ def bench_train(
         "limit_sps": round(costs.limit_sps, 2),
         "ratio_to_limit": round(sps / costs.limit_sps, 3),
     }
+    if same_settings:
+        result["same_settings_sps"] = round(float(np.mean([r["sps"] for r in same_runs])), 2)
     if vs_sb3:
         sb3_sps = float(np.mean([r["sps"] for r in sb3_runs]))
         result["sb3_sps"] = round(sb3_sps, 2)
         result["ratio_vs_sb3"] = round(sps / sb3_sps, 3)
+        if same_settings:
+            result["ratio_vs_sb3_same_settings"] = round(
+                float(result["same_settings_sps"]) / sb3_sps, 3
+            )
     return result

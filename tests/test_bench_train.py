@@ -39,3 +39,30 @@ def test_bench_train_fields_and_breakdown(tmp_path: Path) -> None:
     assert 0 < data["cpu_busy"] <= 1.05
     # nothing is left behind by a benchmark
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_same_settings_config_is_sb3_classic_ppo_on_the_same_envs() -> None:
+    from mario_cli.baselines.sb3_ppo import CLASSIC, SB3_PPO_DEFAULTS, same_settings_config
+    from mario_cli.config import MarioConfig
+
+    cfg = MarioConfig()
+    cfg.env.n_envs = 6
+    cfg.env.jump_press = True
+    cfg.algo.n_epochs = 3
+    same = same_settings_config(cfg)
+    MarioConfig.model_validate(same.to_dict())  # a config mario accepts as it is
+    for key, value in {**CLASSIC, **SB3_PPO_DEFAULTS}.items():
+        assert getattr(same.algo, key) == value, key
+    assert same.algo.lr_schedule == "constant" and same.algo.warmup_fraction == 0.0
+    assert same.env.n_envs == 6 and same.env.reward_mode == "raw"
+    assert same.env.jump_press is False and same.env.no_progress_terminate_steps == 0
+    assert same.model.backbone == "nature" and same.train.amp is False
+    assert cfg.algo.n_epochs == 3  # the caller's config is left as it was
+
+
+def test_same_settings_needs_vs_sb3() -> None:
+    result = run_mario("bench", "train", "--same-settings")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --same-settings compares with SB3: add --vs-sb3"
+    ]

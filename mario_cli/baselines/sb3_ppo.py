@@ -16,13 +16,25 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from mario_cli.config import EnvConfig
+from mario_cli.config import EnvConfig, MarioConfig
 from mario_cli.errors import MarioError
 from mario_cli.events import EpisodeEnd, IterationStats, RunFinished, RunStarted
 from mario_cli.runs import create_run
 from mario_cli.sinks.jsonl import JsonlSink
 
 CLASSIC = {"n_steps": 512, "batch_size": 64, "n_epochs": 10}
+# What SB3's PPO uses when nothing else is given (stable_baselines3.PPO's defaults).
+SB3_PPO_DEFAULTS = {
+    "learning_rate": 3e-4,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "clip_range": 0.2,
+    "ent_coef": 0.0,
+    "vf_coef": 0.5,
+    "max_grad_norm": 0.5,
+    "normalize_advantage": True,
+    "target_kl": None,
+}
 
 
 class _EpisodeInfoForSB3(gym.Wrapper):
@@ -37,6 +49,34 @@ class _EpisodeInfoForSB3(gym.Wrapper):
 
 def classic_env_config(env_id: str) -> EnvConfig:
     return EnvConfig(env_id=env_id, reward_mode="raw", no_progress_terminate_steps=0)
+
+
+def same_settings_config(cfg: MarioConfig) -> MarioConfig:
+    """``cfg`` with everything SB3 classic PPO does differently set as SB3 does it.
+
+    Same env (the classic env config, same n_envs), Nature-CNN with a 512 layer,
+    SB3's PPO hyperparameters and a constant lr, float32, no compile: what is left
+    to compare is the engineering.
+    """
+    same = cfg.model_copy(deep=True)
+    n_envs = same.env.n_envs
+    same.env = classic_env_config(cfg.env.env_id).model_copy(update={"n_envs": n_envs})
+    same.model.backbone = "nature"
+    same.model.hidden_size = 512
+    same.model.recurrent = "none"
+    same.model.noisy = False
+    for key, value in {**CLASSIC, **SB3_PPO_DEFAULTS}.items():
+        setattr(same.algo, key, value)
+    same.algo.algo = "ppo"
+    same.algo.lr_schedule = "constant"
+    same.algo.warmup_fraction = 0.0
+    same.algo.clip_range_vf = None
+    same.algo.overlap_collection = False
+    same.replay.replay = "none"
+    same.replay.per = False
+    same.train.amp = False
+    same.train.compile = False
+    return same
 
 
 def _make_env(cfg: EnvConfig, seed: int) -> gym.Env:
@@ -134,7 +174,9 @@ def run_sb3_ppo(
         [lambda i=i: _make_env(cfg, seed + i) for i in range(n_envs)], start_method="forkserver"
     )
     try:
-        model = PPO("CnnPolicy", venv, seed=seed, verbose=0, device="cpu", **CLASSIC)
+        model = PPO(
+            "CnnPolicy", venv, seed=seed, verbose=0, device="cpu", **CLASSIC, **SB3_PPO_DEFAULTS
+        )
         model.learn(total_timesteps=total_timesteps, callback=MarioLog())
         steps = model.num_timesteps
     finally:

@@ -85,6 +85,11 @@ def train(
     steps: int = typer.Option(4096, "--steps", help="Agent steps of training to time."),
     vs_sb3: bool = typer.Option(False, "--vs-sb3", help="Also time Stable-Baselines3 PPO."),
     rounds: int = typer.Option(1, "--rounds", help="Alternating rounds (mario, SB3, ...)."),
+    same_settings: bool = typer.Option(
+        False,
+        "--same-settings",
+        help="Also time mario with SB3's classic settings (like for like; with --vs-sb3).",
+    ),
     config: Path | None = config_path_option(),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -93,13 +98,17 @@ def train(
 
     if steps < 1 or rounds < 1:
         raise ConfigError("--steps and --rounds must be at least 1")
+    if same_settings and not vs_sb3:
+        raise ConfigError("--same-settings compares with SB3: add --vs-sb3")
     if vs_sb3:
         from mario_cli.baselines.sb3_ppo import _require_sb3
 
         _require_sb3()
     cfg = load_config(config, {"ui": {"ui": "quiet"}})
     with console.status("measuring", spinner="dots") as status:
-        result = bench_train(cfg, steps, vs_sb3, rounds, lambda what: status.update(what))
+        result = bench_train(
+            cfg, steps, vs_sb3, rounds, lambda what: status.update(what), same_settings
+        )
     if as_json:
         print(json.dumps(result))
         return
@@ -123,7 +132,10 @@ def train(
         table.add_row(f"  {phase} (s)", f"{seconds:.1f}")
     if vs_sb3:
         table.add_row("Stable-Baselines3 steps/s", f"{result['sb3_sps']:,.1f}")
-        table.add_row("ratio vs SB3", f"{result['ratio_vs_sb3']:.2f}")
+        table.add_row("ratio vs SB3 (defaults)", f"{result['ratio_vs_sb3']:.2f}")
+    if same_settings:
+        table.add_row("mario, SB3's settings, steps/s", f"{result['same_settings_sps']:,.1f}")
+        table.add_row("ratio vs SB3 (same settings)", f"{result['ratio_vs_sb3_same_settings']:.2f}")
     console.print(table)
 
 
