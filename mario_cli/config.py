@@ -54,7 +54,7 @@ class EnvConfig(Section):
     )
     frame_skip: int = Field(4, ge=1, description="NES frames per agent step (reward summed).")
     jump_press: bool = Field(
-        False, description="Release a held A for one frame once per landing, so A jumps again."
+        True, description="Release a held A for one frame once per landing, so A jumps again."
     )
     frame_stack: int = Field(4, ge=1, description="Observations stacked along the channel axis.")
     obs_size: int = Field(84, ge=16, description="Observations are resized to obs_size^2.")

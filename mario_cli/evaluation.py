@@ -74,6 +74,8 @@ def load_agent(checkpoint: Path, env_overrides: dict[str, Any] | None = None) ->
             f"{saved['env']['movement']}; use --movement auto"
         )
     env_section = dict(saved["env"])
+    # Trained before jump press existed: its policy knows the held-A game only.
+    env_section.setdefault("jump_press", False)
     env_section.update({k: v for k, v in (env_overrides or {}).items() if k != "movement"})
     env_section["restart_share"] = 0.0  # eval and record start at the stage start: no restarts
     saved = {**saved, "env": env_section}

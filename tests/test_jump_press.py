@@ -63,8 +63,8 @@ def _jumps(env, action: int, frames: int) -> list[int]:
     return peaks
 
 
-def test_default_is_off_and_make_env_passes_it() -> None:
-    assert EnvConfig().jump_press is False
+def test_default_is_on_and_make_env_passes_it() -> None:
+    assert EnvConfig().jump_press is True
     for jump_press in (False, True):
         env = _env(jump_press)
         assert env.unwrapped.jump_press is jump_press
