@@ -83,13 +83,14 @@ def inference_ms_per_step(
     from mario_cli.training.builders import build_policy
 
     policy, _ = build_policy(cfg, obs_shape, n_actions, torch.device("cpu"))
+    autocast = _autocast(cfg)
     n = cfg.env.n_envs
     obs = _random_obs((n, *obs_shape), np.random.default_rng(seed))
     done = torch.zeros(n)
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             state = policy.initial_state(n)
             policy.act(obs, state, done)  # warm-up: first-call allocations
             start = time.process_time()
@@ -110,7 +111,7 @@ def learner_ms_per_sample(
     runs (the cost of the update as configured, not of one that stops early).
     """
     from mario_cli.training.builders import build_algorithm, build_policy
-    from mario_cli.training.device import configure_threads
+    from mario_cli.training.device import amp_settings, configure_threads
     from mario_cli.training.optim import Optimiser
     from mario_cli.training.rollout import RolloutStorage
 
@@ -120,7 +121,8 @@ def learner_ms_per_sample(
     configure_threads(cfg.train.torch_threads)
     torch.manual_seed(seed)
     policy, _ = build_policy(cfg, obs_shape, n_actions, device)
-    optimiser = Optimiser(policy.parameters(), cfg.algo, 10, device)
+    _, amp_dtype, use_scaler = amp_settings(device, cfg.train.amp)
+    optimiser = Optimiser(policy.parameters(), cfg.algo, 10, device, amp_dtype, use_scaler)
     algorithm = build_algorithm(cfg, policy, optimiser, obs_shape)
     steps, n = cfg.algo.n_steps, cfg.env.n_envs
     rng = np.random.default_rng(seed)
@@ -141,6 +143,18 @@ def learner_ms_per_sample(
     algorithm.update(batch)
     cpu = time.process_time() - start
     return 1000.0 * cpu / (steps * n)
+
+
+def _autocast(cfg: MarioConfig):
+    """The collector's autocast for ``cfg`` on the CPU (a no-op without --amp)."""
+    import contextlib
+
+    from mario_cli.training.device import amp_settings
+
+    enabled, dtype, _ = amp_settings(torch.device("cpu"), cfg.train.amp)
+    if not enabled:
+        return contextlib.nullcontext
+    return lambda: torch.autocast("cpu", dtype=dtype)
 
 
 def measure_sample_costs(cfg: MarioConfig, env_steps: int = 400) -> SampleCosts:
