@@ -1,15 +1,27 @@
 """The plugin contract.
 
 Every hook receives a ``register`` callable from the host; the host owns names,
-duplicates and the error for an unknown name. Built-in plugins use exactly these
+duplicates and the error for an unknown name. The types named here are defined, for
+plugin authors, in :mod:`mario_cli.api`. Built-in plugins use exactly these
 hooks, loaded through the ``mario`` entry-point group like a third-party plugin.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+if TYPE_CHECKING:
+    from mario_cli.api import (
+        AlgorithmFactory,
+        BackboneFactory,
+        CoreFactory,
+        HintRule,
+        Register,
+        ReplayFactory,
+        WrapperFactory,
+    )
 
 PROJECT = "mario"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -17,7 +29,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def register_wrappers(register: Any) -> None:
+def register_wrappers(register: Register[WrapperFactory]) -> None:
     """Register env wrappers.
 
     Called once when the plugin manager loads. Call
@@ -28,7 +40,7 @@ def register_wrappers(register: Any) -> None:
 
 
 @hookspec
-def register_backbones(register: Any) -> None:
+def register_backbones(register: Register[BackboneFactory]) -> None:
     """Register feature extractors.
 
     Call ``register(name, factory)`` where
@@ -39,7 +51,7 @@ def register_backbones(register: Any) -> None:
 
 
 @hookspec
-def register_recurrent_cores(register: Any) -> None:
+def register_recurrent_cores(register: Register[CoreFactory]) -> None:
     """Register recurrent cores (none, gru, lstm, transformer).
 
     Call ``register(name, factory)`` where ``factory(in_features: int, cfg:
@@ -48,7 +60,7 @@ def register_recurrent_cores(register: Any) -> None:
 
 
 @hookspec
-def register_algorithms(register: Any) -> None:
+def register_algorithms(register: Register[AlgorithmFactory]) -> None:
     """Register learning algorithms (ppo, a2c, impala).
 
     Call ``register(name, factory)`` where
@@ -59,7 +71,7 @@ def register_algorithms(register: Any) -> None:
 
 
 @hookspec
-def register_replay(register: Any) -> None:
+def register_replay(register: Register[ReplayFactory]) -> None:
     """Register replay strategies (uniform, prioritized).
 
     Call ``register(name, factory)`` where
@@ -70,7 +82,7 @@ def register_replay(register: Any) -> None:
 
 
 @hookspec
-def register_hints(register: Any) -> None:
+def register_hints(register: Register[HintRule]) -> None:
     """Register stuck-agent diagnostic rules.
 
     Call ``register(name, rule)`` where ``rule(history, cfg) -> list[Hint]``

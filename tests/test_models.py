@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from mario_cli.policy import ActorCritic, PolicyOutput
+from mario_cli.training.builders import choose_auto_backbone
 from mario_models import register_backbones
-from mario_models.backbones import ImpalaCNN, NatureCNN, choose_auto_backbone
-from mario_models.policy import ActorCritic, PolicyOutput
+from mario_models.backbones import ImpalaCNN, NatureCNN
 
 OBS_SHAPE = (4, 84, 84)
 

@@ -10,9 +10,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from mario_cli.config import load_config
+from mario_cli.noisy import NoisyLinear
+from mario_cli.policy import ActorCritic
 from mario_models.backbones import NatureCNN
-from mario_models.noisy import NoisyLinear
-from mario_models.policy import ActorCritic
 
 OBS_SHAPE = (4, 84, 84)
 

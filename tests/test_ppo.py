@@ -7,9 +7,9 @@ from torch import nn
 
 from mario_algos.ppo import PPO
 from mario_cli.config import MarioConfig
+from mario_cli.policy import ActorCritic
 from mario_cli.training.optim import Optimiser
 from mario_cli.training.rollout import RolloutStorage
-from mario_models.policy import ActorCritic
 
 
 class TinyBackbone(nn.Module):

@@ -10,11 +10,19 @@ from mario_cli.config import MarioConfig
 from mario_cli.plugins import get_host
 
 
+def choose_auto_backbone(device_type: str) -> str:
+    """Pick the backbone for ``model.backbone = "auto"`` from the torch device type.
+
+    IMPALA-CNN learns better on Mario but costs far more compute: on the 2-core CPU
+    it was measured at ~7.5 ms/sample per training step against ~1.3 ms for
+    Nature-CNN (~6x slower), so CPU and MPS get Nature-CNN and CUDA gets IMPALA.
+    """
+    return "impala" if device_type == "cuda" else "nature"
+
+
 def choose_backbone(cfg: MarioConfig, device: torch.device) -> str:
     if cfg.model.backbone != "auto":
         return cfg.model.backbone
-    from mario_models.backbones import choose_auto_backbone
-
     return choose_auto_backbone(device.type)
 
 
@@ -22,7 +30,7 @@ def build_policy(
     cfg: MarioConfig, obs_shape: tuple[int, ...], n_actions: int, device: torch.device
 ) -> tuple[torch.nn.Module, str]:
     """The actor-critic for ``cfg.model`` and the backbone name actually used."""
-    from mario_models.policy import ActorCritic
+    from mario_cli.policy import ActorCritic
 
     host = get_host()
     name = choose_backbone(cfg, device)

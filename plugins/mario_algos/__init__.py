@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mario_cli.hookspecs import hookimpl
+from mario_cli.api import AlgorithmFactory, Register, hookimpl
 
 
 def make_ppo(policy: Any, cfg: Any, optimiser: Any, replay: Any = None) -> Any:
@@ -29,7 +29,7 @@ def make_impala(policy: Any, cfg: Any, optimiser: Any, replay: Any = None) -> An
 
 
 @hookimpl
-def register_algorithms(register: Any) -> None:
+def register_algorithms(register: Register[AlgorithmFactory]) -> None:
     register("ppo", make_ppo)
     register("a2c", make_a2c)
     register("impala", make_impala)

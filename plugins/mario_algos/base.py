@@ -6,13 +6,14 @@ from typing import Any
 
 import torch
 
-from mario_cli.config import MarioConfig
-from mario_cli.training.optim import Optimiser
+from mario_cli.api import MarioConfig, Optimiser
 
 
 class Algorithm:
     """Subclasses implement ``update(batch) -> metrics``; the optimiser state is saved by
     the trainer, so an algorithm without extra state needs no ``state_dict`` of its own."""
+
+    asynchronous = False  # True: the trainer collects the next rollout during update
 
     def __init__(
         self, policy: torch.nn.Module, cfg: MarioConfig, optimiser: Optimiser, replay: Any = None

@@ -14,7 +14,7 @@ from mario_algos.base import Algorithm
 from mario_algos.minibatches import iterate_minibatches
 from mario_algos.offpolicy import store_and_replay
 from mario_algos.returns import explained_variance, vtrace
-from mario_cli.training.rollout import RolloutBatch
+from mario_cli.api import RolloutBatch
 
 
 class Impala(Algorithm):

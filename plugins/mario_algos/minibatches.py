@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mario_cli.training.rollout import RolloutBatch
+from mario_cli.api import RolloutBatch
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mario_cli.training.optim import Optimiser
+from mario_cli.api import Optimiser
 
 RHO_CLIP = 1.0
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mario_cli.hookspecs import hookimpl
+from mario_cli.api import Register, WrapperFactory, hookimpl
 
 
 def frame_skip(env: Any, cfg: Any) -> Any:
@@ -48,7 +48,7 @@ def frontier_restarts(env: Any, cfg: Any) -> Any:
 
 
 @hookimpl
-def register_wrappers(register: Any) -> None:
+def register_wrappers(register: Register[WrapperFactory]) -> None:
     register("frame_skip", frame_skip)
     register("grayscale", grayscale)
     register("resize", resize)

@@ -40,7 +40,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from mario_cli.envs.core import MarioCore
+from mario_cli.api import MarioCore
 
 SAFE_STEPS = 8  # agent steps Mario must survive after a state for it to be kept
 ANNEAL_EPISODES = 20  # stage-start episodes in each stage's rolling clear rate

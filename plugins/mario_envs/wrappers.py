@@ -8,7 +8,7 @@ import cv2
 import gymnasium as gym
 import numpy as np
 
-from mario_cli.envs.core import MarioCore
+from mario_cli.api import MarioCore
 
 # Env workers run one env loop per core; cv2's own thread pool only adds contention.
 cv2.setNumThreads(1)

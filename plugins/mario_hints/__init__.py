@@ -6,9 +6,7 @@ or a UI library.
 
 from __future__ import annotations
 
-from typing import Any
-
-from mario_cli.hookspecs import hookimpl
+from mario_cli.api import HintRule, Register, hookimpl
 from mario_hints.rules import (
     entropy_collapsed,
     kl_too_large,
@@ -29,6 +27,6 @@ RULES = {
 
 
 @hookimpl
-def register_hints(register: Any) -> None:
+def register_hints(register: Register[HintRule]) -> None:
     for name, rule in RULES.items():
         register(name, rule)

@@ -10,9 +10,7 @@ from collections import Counter
 from statistics import median
 from typing import Any
 
-from mario_cli.config import MarioConfig
-from mario_cli.diagnostics import History, entropy_of, resume_command
-from mario_cli.events import Hint
+from mario_cli.api import Hint, History, MarioConfig, entropy_of, resume_command
 
 # Where agents commonly get stuck, by stage: (x position, what is there). On 1-1 a
 # scripted run-and-jump Mario dies at 314 (goomba), is blocked at 434, 594, 722 and

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mario_cli.hookspecs import hookimpl
+from mario_cli.api import BackboneFactory, CoreFactory, Register, hookimpl
 
 
 def make_nature(obs_shape: tuple[int, ...], cfg: Any) -> Any:
@@ -42,13 +42,13 @@ def make_transformer(in_features: int, cfg: Any) -> Any:
 
 
 @hookimpl
-def register_backbones(register: Any) -> None:
+def register_backbones(register: Register[BackboneFactory]) -> None:
     register("nature", make_nature)
     register("impala", make_impala)
 
 
 @hookimpl
-def register_recurrent_cores(register: Any) -> None:
+def register_recurrent_cores(register: Register[CoreFactory]) -> None:
     register("gru", make_gru)
     register("lstm", make_lstm)
     register("transformer", make_transformer)

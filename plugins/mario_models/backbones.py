@@ -124,13 +124,3 @@ def make_impala(obs_shape: tuple[int, ...], cfg: Any) -> nn.Module:
         channels=list(cfg.impala_channels),
         blocks=cfg.impala_blocks,
     )
-
-
-def choose_auto_backbone(device_type: str) -> str:
-    """Pick the backbone for ``model.backbone = "auto"`` from the torch device type.
-
-    IMPALA-CNN learns better on Mario but costs far more compute: on the 2-core CPU
-    it was measured at ~7.5 ms/sample per training step against ~1.3 ms for
-    Nature-CNN (~6x slower), so CPU and MPS get Nature-CNN and CUDA gets IMPALA.
-    """
-    return "impala" if device_type == "cuda" else "nature"

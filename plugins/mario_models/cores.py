@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mario_cli.errors import ConfigError
+from mario_cli.api import ConfigError
 
 Device = torch.device | str | None
 

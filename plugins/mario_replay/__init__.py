@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mario_cli.hookspecs import hookimpl
+from mario_cli.api import Register, ReplayFactory, hookimpl
 
 
 def make_uniform(cfg: Any, obs_shape: tuple[int, ...], seed: int = 0) -> Any:
@@ -23,6 +23,6 @@ def make_prioritized(cfg: Any, obs_shape: tuple[int, ...], seed: int = 0) -> Any
 
 
 @hookimpl
-def register_replay(register: Any) -> None:
+def register_replay(register: Register[ReplayFactory]) -> None:
     register("uniform", make_uniform)
     register("prioritized", make_prioritized)

@@ -6,24 +6,13 @@ the off-policy update with clipped importance ratios (or V-trace).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from mario_cli.api import ReplaySample
 from mario_replay.sumtree import SumTree
-
-
-@dataclass
-class ReplaySample:
-    obs: torch.Tensor
-    actions: torch.Tensor
-    behaviour_log_probs: torch.Tensor
-    returns: torch.Tensor
-    advantages: torch.Tensor
-    weights: torch.Tensor  # importance weights (all ones for uniform)
-    indices: np.ndarray
 
 
 class UniformReplay:

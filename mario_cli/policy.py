@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical
 
-from mario_models.noisy import NoisyLinear
+from mario_cli.noisy import NoisyLinear
 
 
 @dataclass

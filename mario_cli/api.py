@@ -1,0 +1,204 @@
+"""The public API for plugin authors: the one mario module a plugin imports.
+
+A plugin is a package with a ``mario`` entry point whose hooks (``hookimpl``) receive a
+``register`` callable. What each hook registers, and the data the host hands to it,
+is defined here; anything else in ``mario_cli`` is internal and may change.
+
+==========================  ============================  ==========================
+hook                        registers                     contract
+==========================  ============================  ==========================
+``register_wrappers``       env wrapper factories         :class:`WrapperFactory`
+``register_backbones``      feature extractors            :class:`BackboneFactory`
+``register_recurrent_cores`` recurrent cores              :class:`CoreFactory`
+``register_algorithms``     learning algorithms           :class:`AlgorithmFactory`
+``register_replay``         replay strategies             :class:`ReplayFactory`
+``register_hints``          stuck-agent diagnostic rules  :class:`HintRule`
+==========================  ============================  ==========================
+
+Names that need torch or the emulator (``RolloutBatch``, ``Optimiser``, ``MarioCore``,
+``ActorCritic``, ``PolicyOutput``, ``NoisyLinear``) load on first use, so a plugin's
+``__init__`` can import this module without slowing ``mario --help``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from mario_cli.config import (
+    AlgoConfig,
+    EnvConfig,
+    MarioConfig,
+    ModelConfig,
+    ReplayConfig,
+    UiConfig,
+)
+from mario_cli.diagnostics import History, entropy_of, resume_command
+from mario_cli.errors import ConfigError, MarioError
+from mario_cli.events import EpisodeEnd, Hint
+from mario_cli.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    from mario_cli.envs.core import MarioCore
+    from mario_cli.noisy import NoisyLinear
+    from mario_cli.policy import ActorCritic, PolicyOutput
+    from mario_cli.training.optim import Optimiser
+    from mario_cli.training.rollout import RolloutBatch
+
+__all__ = [
+    "ActorCritic",
+    "AlgoConfig",
+    "Algorithm",
+    "AlgorithmFactory",
+    "Backbone",
+    "BackboneFactory",
+    "ConfigError",
+    "CoreFactory",
+    "EnvConfig",
+    "EpisodeEnd",
+    "Hint",
+    "HintRule",
+    "History",
+    "MarioConfig",
+    "MarioCore",
+    "MarioError",
+    "ModelConfig",
+    "NoisyLinear",
+    "Optimiser",
+    "PolicyOutput",
+    "Register",
+    "ReplayConfig",
+    "ReplayFactory",
+    "ReplaySample",
+    "ReplayStrategy",
+    "RolloutBatch",
+    "UiConfig",
+    "WrapperFactory",
+    "entropy_of",
+    "hookimpl",
+    "resume_command",
+]
+
+_LAZY = {
+    "RolloutBatch": "mario_cli.training.rollout",
+    "Optimiser": "mario_cli.training.optim",
+    "MarioCore": "mario_cli.envs.core",
+    "ActorCritic": "mario_cli.policy",
+    "PolicyOutput": "mario_cli.policy",
+    "NoisyLinear": "mario_cli.noisy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+T = TypeVar("T", contravariant=True)
+
+
+class Register(Protocol[T]):
+    """What every hook receives: ``register(name, item)``; a taken name is refused."""
+
+    def __call__(self, name: str, item: T) -> None: ...
+
+
+class WrapperFactory(Protocol):
+    """Wraps a Gymnasium env; ``env.wrappers`` lists the names applied, in order."""
+
+    def __call__(self, env: gym.Env, cfg: EnvConfig) -> gym.Env: ...
+
+
+class Backbone(Protocol):
+    """Maps a uint8 observation batch ``(B, *obs_shape)`` to float features ``(B, out)``."""
+
+    out_features: int
+
+    def __call__(self, obs: torch.Tensor) -> torch.Tensor: ...
+
+
+class BackboneFactory(Protocol):
+    def __call__(self, obs_shape: tuple[int, ...], cfg: ModelConfig) -> Backbone: ...
+
+
+class CoreFactory(Protocol):
+    """A recurrent core: ``core(features, state, done) -> (features, state)``, with
+    ``initial_state(batch, device)`` and ``select_state(state, index)``; optionally
+    ``forward_sequence(sequence, state, dones)`` for whole rollouts at once."""
+
+    def __call__(self, in_features: int, cfg: ModelConfig) -> torch.nn.Module: ...
+
+
+class Algorithm(Protocol):
+    """Learns from rollouts. ``asynchronous = True`` asks the trainer to collect the
+    next rollout in the background while ``update`` runs (IMPALA); the batch then
+    carries ``policy_lag``. The optimiser's state is saved by the trainer."""
+
+    asynchronous: bool
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class AlgorithmFactory(Protocol):
+    def __call__(
+        self,
+        policy: ActorCritic,
+        cfg: MarioConfig,
+        optimiser: Optimiser,
+        replay: ReplayStrategy | None = None,
+    ) -> Algorithm: ...
+
+
+@dataclass
+class ReplaySample:
+    """A replayed minibatch, with the behaviour policy's log-probabilities so the
+    algorithm can correct for the policy having moved since."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    behaviour_log_probs: torch.Tensor
+    returns: torch.Tensor
+    advantages: torch.Tensor
+    weights: torch.Tensor  # importance weights (all ones for uniform sampling)
+    indices: np.ndarray  # slots, for update_priorities
+
+
+class ReplayStrategy(Protocol):
+    """Stores flat transitions of past rollouts and samples minibatches of them."""
+
+    def add(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        log_probs: torch.Tensor,
+        returns: torch.Tensor,
+        advantages: torch.Tensor,
+    ) -> np.ndarray: ...
+
+    def sample(self, batch_size: int, progress: float, device: torch.device) -> ReplaySample: ...
+
+    def update_priorities(self, indices: np.ndarray, errors: np.ndarray) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+class ReplayFactory(Protocol):
+    def __call__(
+        self, cfg: ReplayConfig, obs_shape: tuple[int, ...], seed: int
+    ) -> ReplayStrategy: ...
+
+
+class HintRule(Protocol):
+    """Reads the metric history (never the trainer) and returns zero or more hints."""
+
+    def __call__(self, history: History, cfg: MarioConfig) -> list[Hint]: ...
