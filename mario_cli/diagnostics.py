@@ -198,8 +198,7 @@ class HintEngine:
             rules = get_host()["hints"]
         if isinstance(rules, Mapping):
             return dict(rules)
-        # A Registry iterates Components (name, plugin, factory).
-        return {component.name: component.factory for component in rules}
+        return {name: rules.get(name) for name in rules.names()}
 
     # ---------------------------------------------------------------- feeding
     def add_iteration(self, step: int, metrics: Mapping[str, float]) -> None:

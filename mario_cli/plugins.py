@@ -6,6 +6,7 @@ so they load exactly as a third-party plugin does.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,11 @@ class Component:
 
 
 class Registry:
-    """Named components of one kind. Duplicate names are refused."""
+    """Named components of one kind. Duplicate names are refused.
+
+    A factory is a callable or a ``"module:attribute"`` string, imported the first
+    time the component is used, so listing plugins never imports torch.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -43,6 +48,11 @@ class Registry:
     def register(self, name: str, factory: Any, plugin: str) -> None:
         if not name or not isinstance(name, str):
             raise ConfigError(f"plugin {plugin} registered a {self.kind} entry with no name")
+        if isinstance(factory, str) and not _is_reference(factory):
+            raise ConfigError(
+                f"plugin {plugin} registered {self.kind} {name!r} as {factory!r}; "
+                "give a callable or a 'module:attribute' string"
+            )
         if name in self._items:
             other = self._items[name].plugin
             raise ConfigError(
@@ -54,12 +64,26 @@ class Registry:
     def get(self, name: str) -> Any:
         """The factory registered under ``name``, or an error listing the choices."""
         try:
-            return self._items[name].factory
+            component = self._items[name]
         except KeyError:
             choices = ", ".join(sorted(self._items)) or "none registered"
             raise UnknownComponentError(
                 f"unknown {self.kind.rstrip('s').replace('_', ' ')} {name!r}; "
                 f"choose one of: {choices}"
+            ) from None
+        if isinstance(component.factory, str):
+            component = Component(name, component.plugin, self._load(component))
+            self._items[name] = component
+        return component.factory
+
+    def _load(self, component: Component) -> Any:
+        module, _, attribute = component.factory.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(
+                f"{self.kind} {component.name!r} of plugin {component.plugin} points at "
+                f"{component.factory!r}, which does not load ({exc}); reinstall or fix the plugin"
             ) from None
 
     def names(self) -> list[str]:
@@ -70,6 +94,11 @@ class Registry:
 
     def __iter__(self) -> Iterator[Component]:
         return iter(sorted(self._items.values(), key=lambda c: c.name))
+
+
+def _is_reference(text: str) -> bool:
+    module, sep, attribute = text.partition(":")
+    return bool(sep and module and attribute.isidentifier())
 
 
 class PluginHost:

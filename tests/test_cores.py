@@ -10,6 +10,7 @@ from torch import nn
 
 from mario_cli.config import ModelConfig
 from mario_cli.errors import ConfigError
+from mario_cli.plugins import Registry
 from mario_models import register_recurrent_cores
 from mario_models.cores import GRUCore, LSTMCore, TransformerCore, sinusoidal_encoding
 
@@ -31,9 +32,9 @@ def _cfg(**overrides: Any) -> ModelConfig:
 
 
 def _factories() -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    register_recurrent_cores(register=lambda name, factory: found.__setitem__(name, factory))
-    return found
+    registry = Registry("recurrent_cores")
+    register_recurrent_cores(register=lambda name, item: registry.register(name, item, "test"))
+    return {name: registry.get(name) for name in registry.names()}
 
 
 def _core(name: str, seed: int = 0, **overrides: Any) -> nn.Module:

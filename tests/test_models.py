@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from mario_cli.plugins import Registry
 from mario_cli.policy import ActorCritic, PolicyOutput
 from mario_cli.training.builders import choose_auto_backbone
 from mario_models import register_backbones
@@ -30,9 +31,9 @@ def _cfg(backbone: str, **overrides: Any) -> SimpleNamespace:
 
 
 def _factories() -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    register_backbones(register=lambda name, factory: found.__setitem__(name, factory))
-    return found
+    registry = Registry("backbones")
+    register_backbones(register=lambda name, factory: registry.register(name, factory, "test"))
+    return {name: registry.get(name) for name in registry.names()}
 
 
 def _obs(batch: int = 2, seed: int = 0) -> torch.Tensor:
@@ -254,8 +255,9 @@ def _core_cfg(**overrides: Any) -> Any:
 def _recurrent_policy(core_name: str, n_actions: int = 5) -> ActorCritic:
     from mario_models import register_recurrent_cores
 
-    cores: dict[str, Any] = {}
-    register_recurrent_cores(register=lambda name, factory: cores.__setitem__(name, factory))
+    registry = Registry("recurrent_cores")
+    register_recurrent_cores(register=lambda name, item: registry.register(name, item, "test"))
+    cores = {name: registry.get(name) for name in registry.names()}
     torch.manual_seed(0)
     backbone = NatureCNN(OBS_SHAPE, 32)
     return ActorCritic(backbone, n_actions, core=cores[core_name](32, _core_cfg()))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -88,3 +90,25 @@ def test_plugin_commands_are_added_and_listed() -> None:
 
     host = PluginHost(load_entrypoints=False, extra_plugins=[CommandPlugin()])
     assert [c.name for c in host.command_plugins()] == ["hello"]
+
+
+def test_a_module_attribute_reference_loads_on_first_use() -> None:
+
+    registry = Registry("backbones")
+    registry.register("json", "json:dumps", "test")
+    assert registry.get("json") is json.dumps
+    registry.register("broken", "no_such_module_xyz:make", "test")
+    with pytest.raises(ConfigError, match="points at 'no_such_module_xyz:make', which does not"):
+        registry.get("broken")
+    with pytest.raises(ConfigError, match="give a callable or a 'module:attribute' string"):
+        registry.register("bad", "json.dumps", "test")
+
+
+def test_listing_plugins_imports_no_torch() -> None:
+    code = (
+        "import sys; from mario_cli.plugins import PluginHost; host = PluginHost(); "
+        "names = [c.name for kind in ('wrappers', 'backbones', 'algorithms') for c in host[kind]]; "
+        "print(len(names), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["11", "False"]

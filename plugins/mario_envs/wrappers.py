@@ -107,3 +107,20 @@ class FrameStack(gym.Wrapper):
         self._frames[:-1] = self._frames[1:]
         self._frames[-1] = obs
         return self._frames.copy(), reward, terminated, truncated, info
+
+
+# Factories ``(env, cfg: EnvConfig) -> env`` registered under the wrapper names.
+def frame_skip(env: gym.Env, cfg: Any) -> gym.Env:
+    return FrameSkip(env, cfg.frame_skip)
+
+
+def grayscale(env: gym.Env, cfg: Any) -> gym.Env:
+    return GrayScale(env)
+
+
+def resize(env: gym.Env, cfg: Any) -> gym.Env:
+    return Resize(env, cfg.obs_size, cfg.crop_top)
+
+
+def frame_stack(env: gym.Env, cfg: Any) -> gym.Env:
+    return FrameStack(env, cfg.frame_stack)
