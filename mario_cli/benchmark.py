@@ -54,18 +54,13 @@ def measure_raw_fps(cfg: EnvConfig, frames: int, seed: int = 0) -> float:
 
 def measure_single_env_sps(cfg: EnvConfig, steps: int, seed: int = 0) -> float:
     """Agent steps/s of one env through the whole configured pipeline."""
+    from mario_cli.costs import time_random_steps
+
     env = make_env(cfg)
-    env.reset(seed=seed)
-    rng = np.random.default_rng(seed)
-    choices = rng.integers(env.action_space.n, size=steps)
-    start = time.perf_counter()
-    for action in choices:
-        _, _, terminated, truncated, _ = env.step(int(action))
-        if terminated or truncated:
-            env.reset()
-    elapsed = time.perf_counter() - start
-    env.close()
-    return steps / elapsed
+    try:
+        return steps / time_random_steps(env, steps, seed, time.perf_counter)
+    finally:
+        env.close()
 
 
 def measure_vector_env_sps(

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,17 +61,22 @@ def emulator_ms_per_step(
 
     env = make_env(cfg)
     try:
-        env.reset(seed=seed)
-        choices = np.random.default_rng(seed).integers(env.action_space.n, size=steps)
-        start = time.process_time()
-        for action in choices:
-            _, _, terminated, truncated, _ = env.step(int(action))
-            if terminated or truncated:
-                env.reset()
-        cpu = time.process_time() - start
+        cpu = time_random_steps(env, steps, seed, time.process_time)
         return 1000.0 * cpu / steps, tuple(env.observation_space.shape), int(env.action_space.n)
     finally:
         env.close()
+
+
+def time_random_steps(env: Any, steps: int, seed: int, clock: Callable[[], float]) -> float:
+    """``clock`` time of ``steps`` random actions in ``env``, resetting as episodes end."""
+    env.reset(seed=seed)
+    choices = np.random.default_rng(seed).integers(env.action_space.n, size=steps)
+    start = clock()
+    for action in choices:
+        _, _, terminated, truncated, _ = env.step(int(action))
+        if terminated or truncated:
+            env.reset()
+    return clock() - start
 
 
 def _random_obs(shape: tuple[int, ...], rng: np.random.Generator) -> torch.Tensor:
