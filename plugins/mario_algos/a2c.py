@@ -6,9 +6,8 @@ One gradient step per rollout on the whole batch, with GAE(lambda) returns
 
 from __future__ import annotations
 
-from mario_algos.base import Algorithm
+from mario_algos.base import Algorithm, actor_critic_terms
 from mario_algos.minibatches import iterate_minibatches
-from mario_algos.offpolicy import store_and_replay
 from mario_algos.returns import explained_variance, gae
 from mario_cli.api import RolloutBatch
 
@@ -32,10 +31,8 @@ class A2C(Algorithm):
             self.optimiser.autocast,
         ):
             share = mb.size / n
-            pg_loss = -(mb.advantages * mb.log_probs).mean()
-            value_loss = (mb.returns - mb.values).pow(2).mean()
-            entropy_mean = mb.entropy.mean()
-            loss = pg_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy_mean
+            pg_loss, value_loss, entropy_mean = actor_critic_terms(mb)
+            loss = self.total_loss(pg_loss, value_loss, entropy_mean)
             self.optimiser.accumulate(loss * share)
             for key, value in (
                 ("pg", pg_loss),
@@ -45,18 +42,5 @@ class A2C(Algorithm):
             ):
                 totals[key] += float(value.item()) * share
         self.optimiser.step()
-        metrics = store_and_replay(self, batch, returns, advantages)
-        learning_rate = self.optimiser.learning_rate
-        self.optimiser.end_update()
-        metrics.update(
-            {
-                "train/entropy_loss": -totals["entropy"],
-                "train/explained_variance": explained_variance(batch.values, returns),
-                "train/learning_rate": learning_rate,
-                "train/loss": totals["loss"],
-                "train/policy_gradient_loss": totals["pg"],
-                "train/value_loss": totals["value"],
-                "train/grad_norm": self.optimiser.last_grad_norm,
-            }
-        )
-        return metrics
+        explained = explained_variance(batch.values, returns)
+        return self.finish_update(batch, returns, advantages, explained, totals)

@@ -6,7 +6,15 @@ from typing import Any
 
 import torch
 
-from mario_cli.api import MarioConfig, Optimiser
+from mario_algos.offpolicy import store_and_replay
+from mario_cli.api import MarioConfig, Optimiser, RolloutBatch
+
+
+def actor_critic_terms(mb: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plain actor-critic (A2C, IMPALA): policy-gradient, value and entropy terms."""
+    pg_loss = -(mb.advantages * mb.log_probs).mean()
+    value_loss = (mb.returns - mb.values).pow(2).mean()
+    return pg_loss, value_loss, mb.entropy.mean()
 
 
 class Algorithm:
@@ -23,6 +31,36 @@ class Algorithm:
         self.replay_cfg = cfg.replay
         self.optimiser = optimiser
         self.replay = replay
+
+    def total_loss(
+        self, pg_loss: torch.Tensor, value_loss: torch.Tensor, entropy: torch.Tensor
+    ) -> torch.Tensor:
+        return pg_loss + self.cfg.vf_coef * value_loss - self.cfg.ent_coef * entropy
+
+    def finish_update(
+        self,
+        batch: RolloutBatch,
+        returns: torch.Tensor,
+        advantages: torch.Tensor,
+        explained_variance: float,
+        means: dict[str, float],
+    ) -> dict[str, float]:
+        """Replay (if any), advance the lr schedule, and the metrics every algorithm logs.
+
+        ``means`` holds the update's mean ``pg``, ``value``, ``entropy`` and its ``loss``.
+        """
+        metrics = store_and_replay(self, batch, returns, advantages)
+        learning_rate = self.optimiser.learning_rate
+        self.optimiser.end_update()
+        return metrics | {
+            "train/entropy_loss": -means["entropy"],
+            "train/explained_variance": explained_variance,
+            "train/learning_rate": learning_rate,
+            "train/loss": means["loss"],
+            "train/policy_gradient_loss": means["pg"],
+            "train/value_loss": means["value"],
+            "train/grad_norm": self.optimiser.last_grad_norm,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -10,9 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mario_algos.base import Algorithm
+from mario_algos.base import Algorithm, actor_critic_terms
 from mario_algos.minibatches import iterate_minibatches
-from mario_algos.offpolicy import store_and_replay
 from mario_algos.returns import explained_variance, vtrace
 from mario_cli.api import RolloutBatch
 
@@ -52,25 +51,20 @@ class Impala(Algorithm):
         for mb in iterate_minibatches(
             self.policy, batch, pg_advantages, vs, cfg.batch_size, True, self.optimiser.autocast
         ):
-            pg_loss = -(mb.advantages * mb.log_probs).mean()
-            value_loss = (mb.returns - mb.values).pow(2).mean()
-            entropy_mean = mb.entropy.mean()
-            loss = pg_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy_mean
+            pg_loss, value_loss, entropy_mean = actor_critic_terms(mb)
+            loss = self.total_loss(pg_loss, value_loss, entropy_mean)
             self.optimiser.backward(loss)
             pg_losses.append(pg_loss.item())
             value_losses.append(value_loss.item())
             entropies.append(entropy_mean.item())
-        metrics = store_and_replay(self, batch, vs, pg_advantages)
-        learning_rate = self.optimiser.learning_rate
-        self.optimiser.end_update()
-        return metrics | {
+        means = {
+            "pg": float(np.mean(pg_losses)),
+            "value": float(np.mean(value_losses)),
+            "entropy": float(np.mean(entropies)),
+            "loss": float(loss.item()),
+        }
+        explained = explained_variance(learner_values, vs)
+        return self.finish_update(batch, vs, pg_advantages, explained, means) | {
             "train/policy_lag": float(batch.policy_lag),
             "train/mean_rho": float(rho.mean().item()),
-            "train/entropy_loss": -float(np.mean(entropies)),
-            "train/explained_variance": explained_variance(learner_values, vs),
-            "train/learning_rate": learning_rate,
-            "train/loss": float(loss.item()),
-            "train/policy_gradient_loss": float(np.mean(pg_losses)),
-            "train/value_loss": float(np.mean(value_losses)),
-            "train/grad_norm": self.optimiser.last_grad_norm,
         }

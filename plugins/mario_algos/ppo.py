@@ -7,7 +7,6 @@ import torch
 
 from mario_algos.base import Algorithm
 from mario_algos.minibatches import iterate_minibatches
-from mario_algos.offpolicy import store_and_replay
 from mario_algos.returns import explained_variance, gae
 from mario_cli.api import RolloutBatch
 
@@ -51,7 +50,7 @@ class PPO(Algorithm):
                     predicted = mb.old_values + delta
                 value_loss = (mb.returns - predicted).pow(2).mean()
                 entropy_mean = mb.entropy.mean()
-                loss = pg_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy_mean
+                loss = self.total_loss(pg_loss, value_loss, entropy_mean)
 
                 with torch.no_grad():
                     approx_kl = ((ratio - 1) - log_ratio).mean().item()
@@ -68,19 +67,16 @@ class PPO(Algorithm):
                 self.optimiser.backward(loss)
             if stopped_early:
                 break
-        metrics = store_and_replay(self, batch, returns, advantages)
-        learning_rate = self.optimiser.learning_rate
-        self.optimiser.end_update()
-        return metrics | {
+        means = {
+            "pg": float(np.mean(pg_losses)),
+            "value": float(np.mean(value_losses)),
+            "entropy": float(np.mean(entropies)),
+            "loss": float(loss.item()),
+        }
+        explained = explained_variance(batch.values, returns)
+        return self.finish_update(batch, returns, advantages, explained, means) | {
             "train/approx_kl": float(np.mean(kls)),
             "train/clip_fraction": float(np.mean(clip_fractions)),
             "train/clip_range": cfg.clip_range,
-            "train/entropy_loss": -float(np.mean(entropies)),
-            "train/explained_variance": explained_variance(batch.values, returns),
-            "train/learning_rate": learning_rate,
-            "train/loss": float(loss.item()),
-            "train/policy_gradient_loss": float(np.mean(pg_losses)),
-            "train/value_loss": float(np.mean(value_losses)),
-            "train/grad_norm": self.optimiser.last_grad_norm,
             "train/stopped_early": float(stopped_early),
         }
