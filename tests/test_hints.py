@@ -207,14 +207,20 @@ def test_plateau_at_the_pipe_suggests_progress_reward_and_simple_movement() -> N
     parses_as_mario_resume(hint.command)
 
 
-def test_plateau_at_the_goomba_with_progress_reward_raises_the_stall_penalty(
-    cfg: MarioConfig,
-) -> None:
-    xs = [314] * cfg.ui.plateau_episodes
+def test_plateau_with_the_reward_advice_taken_names_the_next_lever(cfg: MarioConfig) -> None:
+    xs = [1130] * cfg.ui.plateau_episodes
+    cfg.env.jump_press, cfg.env.restart_share = False, 0.0
     [hint] = progress_plateau(episodes_at(xs), cfg)
-    assert "(the first goomba)" in hint.message
-    assert "--stall-penalty 0.02" in hint.command
-    assert "--allow-partial-init" not in hint.command
+    assert "(the first pit)" in hint.message
+    assert hint.command == f"mario resume --init-model-path {CKPT} --jump-press"
+    cfg.env.jump_press = True
+    [hint] = progress_plateau(episodes_at(xs), cfg)
+    assert "try practice from saved states" in hint.message
+    assert hint.command == f"mario resume --init-model-path {CKPT} --restart-share 0.5"
+    cfg.env.restart_share = 0.5
+    [hint] = progress_plateau(episodes_at(xs), cfg)
+    assert hint.command == f"mario resume --init-model-path {CKPT} --ent-coef 0.02"
+    parses_as_mario_resume(hint.command)
 
 
 def test_plateau_silent_when_episodes_spread_or_clear_or_too_few(cfg: MarioConfig) -> None:

@@ -161,8 +161,21 @@ def progress_plateau(history: History, cfg: MarioConfig) -> list[Hint]:
     for what in _obstacles(stage, x, ui.plateau_tolerance):
         where += f" ({what})"
     env = cfg.env
+    stuck = f"{near} of the last {len(xs)} episodes ended at {where}: the agent is stuck there"
+    if env.reward_mode == "progress" and env.movement == "simple":
+        # The reward and action advice is already taken: name the next lever instead.
+        flags, what = _stall_lever(cfg)
+        return [
+            Hint(
+                history.step,
+                "progress-plateau",
+                "warn",
+                f"{stuck}; try {what}",
+                resume_command(history, cfg, flags),
+            )
+        ]
     penalty = env.stall_penalty
-    if env.reward_mode == "progress" or penalty <= 0:
+    if penalty <= 0:
         penalty = _more(penalty)
     flags = ["--reward-mode progress", f"--stall-penalty {penalty:g}", "--movement simple"]
     if env.movement != "simple":
@@ -172,8 +185,7 @@ def progress_plateau(history: History, cfg: MarioConfig) -> list[Hint]:
             history.step,
             "progress-plateau",
             "warn",
-            f"{near} of the last {len(xs)} episodes ended at {where}: the agent is stuck "
-            "there; reward progress, penalise standing still and allow jumping",
+            f"{stuck}; reward progress, penalise standing still and allow jumping",
             resume_command(history, cfg, flags),
         )
     ]
