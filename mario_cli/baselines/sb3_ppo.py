@@ -48,7 +48,10 @@ class _EpisodeInfoForSB3(gym.Wrapper):
 
 
 def classic_env_config(env_id: str) -> EnvConfig:
-    return EnvConfig(env_id=env_id, reward_mode="raw", no_progress_terminate_steps=0)
+    # The env as the classic recipes had it: the env's own reward, no cut, A held as is.
+    return EnvConfig(
+        env_id=env_id, reward_mode="raw", no_progress_terminate_steps=0, jump_press=False
+    )
 
 
 def same_settings_config(cfg: MarioConfig) -> MarioConfig:
