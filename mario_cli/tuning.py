@@ -154,8 +154,15 @@ def make_objective(
             for sink in sinks:
                 sink.close()
         trial.set_user_attr("run_dir", str(trainer.run.root) if trainer.run else "")
+        # An interrupted or pruned trial's checkpoint resumes with `mario resume`.
+        trial.set_user_attr("checkpoint", finished.checkpoint)
         if control.stop_reason == "pruned":
             raise optuna.TrialPruned()
+        if finished.status == "interrupted":
+            # Ctrl-C: the values it reported are real, so it ends as pruned (a failure
+            # would discard them, and Optuna would print a traceback for it).
+            trial.set_user_attr("reason", finished.reason)
+            raise optuna.TrialPruned(f"interrupted: {finished.reason}")
         if finished.status != "finished":
             trial.set_user_attr("reason", finished.reason)
             raise TrialFailed(f"trial {trial.number} {finished.status}: {finished.reason}")

@@ -26,7 +26,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("tiny-a", "tiny-b"):
         cfg = load_config(
             cli_overrides={
-                "env": {"n_envs": 2, "no_progress_terminate_steps": 3},
+                # Without jump press: under it an early agent's greedy action holds
+                # right+A+B, which hops the same way whatever the no-op start.
+                "env": {"n_envs": 2, "no_progress_terminate_steps": 3, "jump_press": False},
                 "algo": {"n_steps": 16, "batch_size": 32, "n_epochs": 1},
                 "train": {
                     "total_timesteps": 128,
@@ -76,6 +78,19 @@ def test_ten_greedy_episodes_differ_and_a_seed_repeats_them(trained: Path) -> No
     assert first["start"] == {"protocol": START_PROTOCOL, "noop_max": 30, "seed": 3}
     other = evaluate(model, 10, "greedy", seed=50, workers=2)
     assert [e["noop_frames"] for e in other["per_episode"]] != waits
+
+
+def test_stochastic_episodes_are_their_seeds_own_on_any_number_of_workers(trained: Path) -> None:
+    model = find_model("tiny-a", trained)
+    pooled = evaluate(model, 10, "stochastic", seed=3, workers=2)["per_episode"]
+    # Episodes of different lengths finish out of order in the pool; each must still
+    # land in its own slot, and its sampling must depend on its seed only.
+    assert len({e["length"] for e in pooled}) > 1
+    assert [e["seed"] for e in pooled] == list(range(3, 13))
+    alone = evaluate(model, 10, "stochastic", seed=3, workers=1)["per_episode"]
+    assert pooled == alone
+    shifted = evaluate(model, 9, "stochastic", seed=4, workers=1)["per_episode"]
+    assert shifted == pooled[1:]  # episode i is seed + i, wherever it is played
 
 
 def test_greedy_eval_says_when_every_episode_was_the_same(trained: Path) -> None:
@@ -220,6 +235,44 @@ def test_plot_writes_a_png_for_two_runs(trained: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert output.stat().st_size > 10_000
+
+
+def test_plot_draws_each_runs_own_values_of_each_chosen_metric(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mario_cli import plotting
+    from mario_cli.runs import resolve_run
+
+    drawn: list[tuple[str, dict[str, tuple[list[float], list[float]]]]] = []
+    save = plotting.save_figure
+
+    def record_then_save(fig, output, dpi=100):
+        for ax in fig.axes:
+            lines = {
+                line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+                for line in ax.lines
+            }
+            drawn.append((ax.get_title(), lines))
+        return save(fig, output, dpi)
+
+    monkeypatch.setattr(plotting, "save_figure", record_then_save)
+    runs = [resolve_run(name, trained) for name in ("tiny-a", "tiny-b")]
+    metrics = ["train/value_loss", "train/entropy_loss"]
+    plotting.plot_runs(runs, metrics, "steps", tmp_path / "two.png", smoothing=0.6)
+    assert [title for title, _ in drawn] == metrics
+    for metric, lines in drawn:
+        assert set(lines) == {"tiny-a", "tiny-b"}
+        for run in runs:
+            logged = [
+                json.loads(line) for line in run.metrics.read_text().splitlines() if line.strip()
+            ]
+            points = [
+                (r["step"], r["metrics"][metric]) for r in logged if r["type"] == "IterationStats"
+            ]
+            assert len(points) == 4
+            xs, ys = lines[run.name]
+            assert xs == [float(step) for step, _ in points]
+            assert ys == pytest.approx(plotting.smooth([value for _, value in points], 0.6))
 
 
 def test_runs_json_lists_steps_and_status(trained: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mario_cli.config import MarioConfig, load_config
-from mario_cli.errors import CheckpointError
+from mario_cli.errors import CheckpointError, MarioError
 from mario_cli.events import CheckpointSaved, Event, IterationStats, Notice, RunFinished, RunStarted
 from mario_cli.training.checkpoint import load_checkpoint
 from mario_cli.training.trainer import Trainer
@@ -86,6 +86,11 @@ def test_resume_continues_step_count_and_optimizer_state(tmp_path: Path) -> None
     _, first = train(cfg)
     checkpoint = Path(first[-1].checkpoint)
     saved = load_checkpoint(checkpoint)
+    # As left by a run killed after its checkpoint: a record past it, and a line cut short.
+    metrics = checkpoint.parent.parent / "metrics.jsonl"
+    with metrics.open("a") as handle:
+        handle.write(json.dumps({"type": "IterationStats", "step": 96, "iteration": 99}) + "\n")
+        handle.write('{"type": "IterationStats", "st')
     cfg.train.total_timesteps = 128
     events: list[Event] = []
     resumed = Trainer(cfg, [events.append], resume_from=checkpoint)
@@ -100,8 +105,13 @@ def test_resume_continues_step_count_and_optimizer_state(tmp_path: Path) -> None
     steps = [e.step for e in events if isinstance(e, IterationStats)]
     assert steps == [96, 128]
     assert finished.step == 128
+    resumed._record.close()
     # the run's metrics.jsonl continues on one step axis
     assert resumed.run.root == checkpoint.parent.parent
+    logged = [json.loads(line) for line in metrics.read_text().splitlines()]  # all whole
+    iterations = [r for r in logged if r["type"] == "IterationStats"]
+    assert [r["step"] for r in iterations] == [32, 64, 96, 128]
+    assert 99 not in [r["iteration"] for r in iterations]  # the record past the checkpoint
 
 
 def test_resume_takes_the_new_learning_rate_and_resumes_from_best(tmp_path: Path) -> None:
@@ -301,7 +311,7 @@ def test_a_run_in_use_is_refused_and_keeps_its_lock(tmp_path: Path) -> None:
             handle.write(json.dumps({"type": "IterationStats", "step": 96}) + "\n")
         logged = metrics.read_text()
         cfg = tiny_config(tmp_path, train={"total_timesteps": 128})
-        with pytest.raises(Exception, match=f"being trained by process {holder.pid}"):
+        with pytest.raises(MarioError, match=f"being trained by process {holder.pid}"):
             Trainer(cfg, resume_from=checkpoint).train()
         assert lock.read_text().strip() == str(holder.pid)
         assert metrics.read_text() == logged  # its log was not cut back to the checkpoint

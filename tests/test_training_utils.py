@@ -18,7 +18,6 @@ from mario_cli.training.device import (
     CompileGuard,
     amp_settings,
     configure_threads,
-    maybe_compile,
     resolve_device,
     sanity_check,
     seed_everything,
@@ -139,20 +138,6 @@ def test_amp_on_cuda_dtypes(monkeypatch) -> None:
     assert amp_settings(cuda, None) == (True, torch.bfloat16, False)
     monkeypatch.setattr(dev.torch.cuda, "is_bf16_supported", lambda: False)
     assert amp_settings(cuda, True) == (True, torch.float16, True)
-
-
-def test_maybe_compile(monkeypatch) -> None:
-    module = nn.Linear(2, 2)
-    assert maybe_compile(module, False) == (module, None)
-
-    def broken(m):
-        raise RuntimeError("no compiler here\nmore detail")
-
-    monkeypatch.setattr(dev.torch, "compile", broken)
-    assert maybe_compile(module, True) == (
-        module,
-        "torch.compile failed (RuntimeError: no compiler here); running eager",
-    )
 
 
 def test_compile_guard_falls_back() -> None:

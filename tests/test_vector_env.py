@@ -88,6 +88,18 @@ def test_killed_worker_is_an_error_naming_worker_and_env() -> None:
     venv.close()
 
 
+def test_a_worker_that_died_between_steps_is_the_same_error() -> None:
+    cfg = EnvConfig(n_envs=2)
+    venv = VectorEnv(cfg, seed=0, mode="process", n_workers=2)
+    venv.reset()
+    victim = venv._workers[1][0]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(10)  # dead before the next step is sent: its pipe is broken
+    with pytest.raises(EnvWorkerError, match=r"env worker 1 \(envs 1-1, .*exited with code -9"):
+        venv.step(np.zeros(2, dtype=int))
+    venv.close()
+
+
 def test_env_error_in_worker_names_the_env() -> None:
     cfg = EnvConfig(n_envs=2)
     with VectorEnv(cfg, seed=0, mode="process", n_workers=2) as venv:

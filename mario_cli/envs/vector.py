@@ -211,6 +211,14 @@ class VectorEnv:
             self.close(force=True)
             raise
 
+    def _send(self, worker: int, message: Any) -> None:
+        proc, conn, _indices = self._workers[worker]
+        try:
+            conn.send(message)
+        except OSError:  # BrokenPipeError and friends: the worker died between two steps
+            proc.join(1.0)
+            self._raise_worker_error(worker, f"exited with code {proc.exitcode}")
+
     def _receive(self, worker: int, timeout: float | None = None) -> Any:
         proc, conn, _indices = self._workers[worker]
         waited = 0.0
@@ -246,8 +254,8 @@ class VectorEnv:
         if self._group is not None:
             infos = self._group.reset(self._obs, seed)
         else:
-            for _, conn, _ in self._workers:
-                conn.send(("reset", seed))
+            for worker in range(len(self._workers)):
+                self._send(worker, ("reset", seed))
             infos = [info for w in range(len(self._workers)) for info in self._receive(w)]
         return self._obs.copy(), infos
 
@@ -258,8 +266,8 @@ class VectorEnv:
         if self._group is not None:
             results = [self._group.step(actions, self._obs)]
         else:
-            for _, conn, _ in self._workers:
-                conn.send(("step", actions))
+            for worker in range(len(self._workers)):
+                self._send(worker, ("step", actions))
             results = [self._receive(w) for w in range(len(self._workers))]
         rewards = np.array([r for res in results for r in res[0]], dtype=np.float32)
         terminated = np.array([t for res in results for t in res[1]], dtype=bool)

@@ -91,21 +91,36 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
             f"cannot checkpoint {bad}; store only tensors and plain Python data "
             "(convert numpy values with .tolist() / float() or torch.as_tensor)"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 (not mkstemp's 0o600) so the final file honours the umask.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # os.open with 0o666 (not mkstemp's 0o600) so the final file honours the umask.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(data, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except (OSError, RuntimeError) as exc:
+        raise _write_error(path, exc) from None
     _fsync_dir(path.parent)
     return path
+
+
+def _write_error(path: Path, exc: OSError | RuntimeError) -> CheckpointError:
+    """A failed save as one line; the files already in the folder are untouched."""
+    # torch.save reports a failed write (disk full, file too large) as a RuntimeError
+    # raised while handling the OSError.
+    cause = exc if isinstance(exc, OSError) else exc.__context__
+    reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else _first_line(exc)
+    return CheckpointError(
+        f"cannot write checkpoint {path} ({reason}); free disk space or make "
+        f"{path.parent} writable, then resume: the checkpoints already saved are intact"
+    )
 
 
 def _read_error(path: Path, exc: Exception) -> CheckpointError:

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from mario_cli.errors import ConfigError
 
@@ -124,20 +123,6 @@ def should_compile(device: torch.device, requested: bool | None) -> bool:
 
 def _compile_note(exc: BaseException) -> str:
     return f"torch.compile failed ({type(exc).__name__}: {_first_line(exc)}); running eager"
-
-
-def maybe_compile(module: nn.Module, enabled: bool) -> tuple[nn.Module, str | None]:
-    """``torch.compile(module)`` when enabled, else the module; a note if compile refused.
-
-    Most compile errors only appear on the first call: wrap the result in
-    :class:`CompileGuard` to fall back to the eager module then.
-    """
-    if not enabled:
-        return module, None
-    try:
-        return torch.compile(module), None  # type: ignore[return-value]
-    except Exception as exc:
-        return module, _compile_note(exc)
 
 
 class CompileGuard:

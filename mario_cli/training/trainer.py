@@ -416,21 +416,7 @@ class Trainer:
                 self._summary(),
             )
         except BaseException as exc:
-            # Crash: keep what was learned since the last checkpoint, then re-raise.
-            if self.run is not None and self.iteration > 0 and not isinstance(exc, MarioError):
-                with contextlib.suppress(Exception):
-                    path = self.save("crash")
-                    reason = "stopped at once" if isinstance(exc, KeyboardInterrupt) else "crashed"
-                    self.emit(
-                        RunFinished(
-                            self.global_step,
-                            "interrupted" if reason != "crashed" else "failed",
-                            f"{reason}: {type(exc).__name__}",
-                            str(path),
-                            self.resume_command(),
-                            self._summary(),
-                        )
-                    )
+            self._record_crash(exc)
             self._close()
             self._record.close()
             raise
@@ -439,6 +425,37 @@ class Trainer:
         self.emit(finished)
         self._record.close()
         return finished
+
+    def _record_crash(self, exc: BaseException) -> None:
+        """Keep what was learned since the last checkpoint and log how the run ended.
+
+        Nothing is saved when saving is what failed (the checkpoints on disk stay as
+        they are) or before the first update; a MarioError's one line is the reason.
+        """
+        path = None
+        if self.iteration > 0 and not isinstance(exc, CheckpointError):
+            with contextlib.suppress(Exception):
+                path = self.save("crash")
+        if path is None:
+            with contextlib.suppress(Exception):
+                path = self.checkpoints.latest()
+        if isinstance(exc, KeyboardInterrupt):
+            status, reason = "interrupted", "stopped at once: KeyboardInterrupt"
+        elif isinstance(exc, MarioError):
+            status, reason = "failed", str(exc)
+        else:
+            status, reason = "failed", f"crashed: {type(exc).__name__}"
+        with contextlib.suppress(Exception):
+            self.emit(
+                RunFinished(
+                    self.global_step,
+                    status,
+                    reason,
+                    str(path) if path is not None else None,
+                    self.resume_command() if path is not None else None,
+                    self._summary(),
+                )
+            )
 
     def _loop(self) -> RunFinished:
         cfg = self.cfg
