@@ -146,6 +146,7 @@ def learner_ms_per_sample(
     batch = storage.batch(torch.zeros(n), _random_obs((n, *obs_shape), rng), None)
     if policy.recurrent:
         batch.initial_state = policy.initial_state(n)
+    algorithm.update(batch)  # warm-up: thread pool start and first-call allocations
     start = time.process_time()
     algorithm.update(batch)
     cpu = time.process_time() - start
@@ -179,19 +180,19 @@ class CpuMeter:
     """CPU seconds used by this process and the given worker processes since ``start``."""
 
     def __init__(self) -> None:
+        import psutil  # here, not in start(): its import would count as loop time
+
+        self._psutil = psutil
         self.cpu_seconds = 0.0
         self.wall_seconds = 0.0
         self._start: tuple[float, float] | None = None
 
-    @staticmethod
-    def _cpu(pids: list[int]) -> float:
-        import psutil
-
+    def _cpu(self, pids: list[int]) -> float:
         total = time.process_time()
         for pid in pids:
             try:
-                times = psutil.Process(pid).cpu_times()
-            except psutil.Error:  # a worker that already exited
+                times = self._psutil.Process(pid).cpu_times()
+            except self._psutil.Error:  # a worker that already exited
                 continue
             total += times.user + times.system
         return total
