@@ -128,11 +128,12 @@ def bench_mario_training(cfg: MarioConfig, steps: int) -> dict[str, object]:
     # Measured from the end of the first iteration to the end of the last, so start-up
     # (worker spawn, first-call allocations) is not counted as idle cores.
     def on_iteration(step: int, _metrics: dict) -> None:
-        pids = trainer.venv.worker_pids if trainer.venv is not None else []
-        if step == rollout:
-            meter.start(pids)
-        elif step >= cfg.train.total_timesteps:
-            meter.stop(pids)
+        with trainer.timer("logging"):  # measuring is part of the loop's wall time too
+            pids = trainer.venv.worker_pids if trainer.venv is not None else []
+            if step == rollout:
+                meter.start(pids)
+            elif step >= cfg.train.total_timesteps:
+                meter.stop(pids)
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg.train.artifacts_dir = Path(tmp)
