@@ -88,9 +88,14 @@ def inference_ms_per_step(
 ) -> float:
     """CPU-ms per agent step of one batched policy call on one thread (as in collection)."""
     from mario_cli.training.builders import build_policy
+    from mario_cli.training.device import amp_settings
+    from mario_cli.training.optim import Optimiser
 
-    policy, _ = build_policy(cfg, obs_shape, n_actions, torch.device("cpu"))
-    autocast = _autocast(cfg)
+    device = torch.device("cpu")
+    policy, _ = build_policy(cfg, obs_shape, n_actions, device)
+    _, amp_dtype, _ = amp_settings(device, cfg.train.amp)
+    # The collector's autocast is the optimiser's: the same context here.
+    autocast = Optimiser(policy.parameters(), cfg.algo, 1, device, amp_dtype).autocast
     n = cfg.env.n_envs
     obs = _random_obs((n, *obs_shape), np.random.default_rng(seed))
     done = torch.zeros(n)
@@ -151,18 +156,6 @@ def learner_ms_per_sample(
     algorithm.update(batch)
     cpu = time.process_time() - start
     return 1000.0 * cpu / (steps * n)
-
-
-def _autocast(cfg: MarioConfig):
-    """The collector's autocast for ``cfg`` on the CPU (a no-op without --amp)."""
-    import contextlib
-
-    from mario_cli.training.device import amp_settings
-
-    enabled, dtype, _ = amp_settings(torch.device("cpu"), cfg.train.amp)
-    if not enabled:
-        return contextlib.nullcontext
-    return lambda: torch.autocast("cpu", dtype=dtype)
 
 
 def measure_sample_costs(cfg: MarioConfig, env_steps: int = 400) -> SampleCosts:
