@@ -104,6 +104,13 @@ class EnvConfig(Section):
     restart_runup_buckets: int = Field(
         3, ge=0, le=64, description="Restarts: start this many buckets before the death x."
     )
+    restart_runup_max_buckets: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Restarts: if above restart_runup_buckets, the run-up is drawn uniformly "
+        "between the two (0: always restart_runup_buckets).",
+    )
     restart_states_per_bucket: int = Field(
         2, ge=1, le=64, description="Restarts: states kept per bucket (the newest)."
     )

@@ -176,6 +176,30 @@ def test_restarts_aim_a_run_up_before_recent_deaths_and_stay_bounded() -> None:
     env.close()
 
 
+def test_a_run_up_range_spreads_restarts_over_the_approach() -> None:
+    cfg = EnvConfig(
+        restart_share=0.9,
+        restart_runup_buckets=2,
+        restart_runup_max_buckets=7,
+        restart_states_per_bucket=4,
+        no_progress_terminate_steps=20,
+    )
+    env = make_env(cfg)
+    wrapper = restarts_of(env)
+    env.reset(seed=0)
+    _, episode = walk_right_episode(env)
+    death_bucket = episode["max_x_pos"] // cfg.restart_bucket_px
+    assert {wrapper._draw_runup() for _ in range(200)} == set(range(2, 8))
+    gaps = set()
+    for _ in range(20):
+        _, episode = walk_right_episode(env)
+        if episode["restart"]:
+            gaps.add(death_bucket - episode["start_x"] // cfg.restart_bucket_px)
+    assert gaps and all(2 <= gap <= 7 for gap in gaps), gaps
+    assert len(gaps) >= 2, gaps  # not one fixed distance
+    env.close()
+
+
 def test_restart_share_anneals_as_stage_start_episodes_clear() -> None:
     env = make_env(EnvConfig(restart_share=0.5))
     wrapper = restarts_of(env)

@@ -9,8 +9,9 @@ explore"; Salimans & Chen's backward curriculum).
 
 - Which state: a recent death (or no-progress cut) x of a stage, drawn uniformly
   from the last ``ENDS_KEPT``, so restarts go where episodes end most; then the
-  highest archived bucket at least ``restart_runup_buckets`` before it, and one of
-  that bucket's states at random.
+  highest archived bucket at least ``restart_runup_buckets`` before it (or a run-up
+  drawn uniformly up to ``restart_runup_max_buckets``), and one of that bucket's
+  states at random.
 - How often: ``restart_share * (1 - clear rate)``, the clear rate being that of
   this env's last ``ANNEAL_EPISODES`` stage-start episodes of the stage. Restarts
   fade out by themselves, stage by stage, as the agent clears from the start (a
@@ -130,6 +131,7 @@ class FrontierRestarts(gym.Wrapper):
         self.share = float(cfg.restart_share)
         self.enabled = self.share > 0 and self._core is not None
         self.runup = int(cfg.restart_runup_buckets)
+        self.runup_max = max(self.runup, int(getattr(cfg, "restart_runup_max_buckets", 0)))
         self.archive = FrontierArchive(
             cfg.restart_bucket_px, cfg.restart_states_per_bucket, cfg.restart_max_states
         )
@@ -182,7 +184,18 @@ class FrontierRestarts(gym.Wrapper):
         key = keys[int(self._rng.integers(len(keys)))]
         ends = self._ends[key]
         end_x = ends[int(self._rng.integers(len(ends)))]
-        return self.archive.pick(key, self.archive.bucket(end_x) - self.runup, self._rng)
+        return self.archive.pick(key, self.archive.bucket(end_x) - self._draw_runup(), self._rng)
+
+    def _draw_runup(self) -> int:
+        """Buckets between the aimed-at end and the start: fixed, or drawn from a range.
+
+        A fixed run-up starts every restart at the same distance, which can lie past
+        the step that decides a hazard (a jump timed several steps early); a range
+        also covers the approach.
+        """
+        if self.runup_max == self.runup:
+            return self.runup
+        return int(self._rng.integers(self.runup, self.runup_max + 1))
 
     def _begin_run(self, info: dict[str, Any]) -> None:
         """A new stretch of play: an episode, a stage of the whole game, or a new life."""
