@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from mario_cli.config import (
     AlgoConfig,
+    ComponentSettings,
     EnvConfig,
     MarioConfig,
     ModelConfig,
@@ -57,6 +58,7 @@ __all__ = [
     "AlgorithmFactory",
     "Backbone",
     "BackboneFactory",
+    "ComponentSettings",
     "ConfigError",
     "CoreFactory",
     "EnvConfig",
@@ -104,9 +106,17 @@ T = TypeVar("T", contravariant=True)
 
 
 class Register(Protocol[T]):
-    """What every hook receives: ``register(name, item)``; a taken name is refused."""
+    """What every hook receives: ``register(name, item, settings=None)``.
 
-    def __call__(self, name: str, item: T) -> None: ...
+    ``item`` is the component or a ``"module:attribute"`` string loaded on first use; a
+    taken name is refused. ``settings`` (a :class:`ComponentSettings` subclass) gives
+    the component its own ``[<section>.<name>]`` options; read them with
+    ``cfg.settings_of(name)`` on the section the factory receives.
+    """
+
+    def __call__(
+        self, name: str, item: T | str, settings: type[ComponentSettings] | None = None
+    ) -> None: ...
 
 
 class WrapperFactory(Protocol):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import tomli_w
 from pydantic import (
@@ -21,7 +22,9 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
 from mario_cli.errors import ConfigError
@@ -33,10 +36,63 @@ DEFAULT_CONFIG_NAME = "mario.toml"
 SMB_STAGES = [f"{world}-{stage}" for world in range(1, 9) for stage in range(1, 5)]
 
 
+class ComponentSettings(BaseModel):
+    """A plugin component's own options, shown as ``[<section>.<name>]`` in mario.toml.
+
+    A plugin passes its subclass to ``register(name, factory, settings=...)``; the keys
+    then validate, show in ``mario config show``, and become ``--<name>-<key>`` flags
+    and ``MARIO_<SECTION>__<NAME>__<KEY>`` variables.
+
+    - ``section_defaults``: defaults the component wants for keys of its section while
+      it is the one in use (an algorithm's own rollout length); any layer that sets
+      the key wins.
+    - ``legacy_keys``: old flat keys of the section that now live here (old name ->
+      own key); still read for one release, with a notice.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    section_defaults: ClassVar[dict[str, Any]] = {}
+    legacy_keys: ClassVar[dict[str, str]] = {}
+
+
+# Section -> component name -> its settings model, as the plugin host installed them.
+_COMPONENTS: dict[str, dict[str, type[ComponentSettings]]] = {}
+
+
 class Section(BaseModel):
     """A config section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _route_legacy_keys(cls, data: Any) -> Any:
+        """Old flat keys now owned by a component go to its table (see ``legacy_keys``)."""
+        if not isinstance(data, dict):
+            return data
+        routes = legacy_routes(section_name(cls))
+        if not any(key in data for key in routes):
+            return data
+        data = dict(data)
+        for old, (component, key) in routes.items():
+            if old in data:
+                value = data.pop(old)
+                table = data.get(component)
+                table = dict(table) if isinstance(table, dict) else {}
+                table.setdefault(key, value)
+                data[component] = table
+        return data
+
+    def settings_of(self, name: str) -> ComponentSettings:
+        """The settings of component ``name`` of this section (its defaults if unset)."""
+        value = self.__dict__.get(name)
+        if isinstance(value, ComponentSettings):
+            return value
+        model = components_of(section_name(type(self))).get(name)
+        if model is None:
+            raise ConfigError(f"component {name!r} has no settings in [{section_name(type(self))}]")
+        return model()
 
 
 class EnvConfig(Section):
@@ -151,18 +207,9 @@ class EnvConfig(Section):
 class ModelConfig(Section):
     backbone: str = Field("auto", description="nature, impala, or auto (chosen by device).")
     hidden_size: int = Field(512, ge=8, description="Width of the layer after the backbone.")
-    impala_channels: list[int] = Field(
-        default_factory=lambda: [16, 32, 32], description="IMPALA-CNN channels per stage."
-    )
-    impala_blocks: int = Field(2, ge=0, description="Residual blocks per IMPALA stage.")
     recurrent: str = Field("none", description="Recurrent core: none, gru, lstm, transformer.")
     recurrent_hidden: int = Field(
         0, ge=0, description="Core width: GRU/LSTM hidden, transformer d_model (0: hidden_size)."
-    )
-    transformer_window: int = Field(16, ge=1, description="Transformer core: steps it attends to.")
-    transformer_layers: int = Field(2, ge=1, description="Transformer core: encoder layers.")
-    transformer_heads: int = Field(
-        4, ge=1, description="Transformer core: attention heads (must divide its width)."
     )
     noisy: bool = Field(False, description="NoisyLinear actor and critic heads.")
     noisy_sigma0: float = Field(
@@ -314,6 +361,150 @@ SECTIONS: dict[str, type[Section]] = {
 }
 
 
+# ------------------------------------------------------ component settings
+def section_name(cls: type[Section]) -> str:
+    for name, section in SECTIONS.items():
+        if issubclass(cls, section):
+            return name
+    return cls.__name__
+
+
+def components_of(section: str) -> dict[str, type[ComponentSettings]]:
+    """The components of ``section`` that own settings (loads the plugins once)."""
+    ensure_components()
+    return _COMPONENTS.get(section, {})
+
+
+def legacy_routes(section: str) -> dict[str, tuple[str, str]]:
+    """Old flat key of ``section`` -> (component, key) where it lives now."""
+    return {
+        old: (name, new)
+        for name, model in _COMPONENTS.get(section, {}).items()
+        for old, new in model.legacy_keys.items()
+    }
+
+
+def ensure_components() -> None:
+    """Load the plugin host, which installs every component's settings table."""
+    from mario_cli.plugins import get_host
+
+    get_host()
+
+
+def install_components(by_section: dict[str, dict[str, type[ComponentSettings]]]) -> None:
+    """Make each component's settings a ``[<section>.<name>]`` table of the config.
+
+    The tables are fields added to the section models at run time (the plugins that
+    define them load after this module), then the models are rebuilt; a new host
+    replaces the previous host's tables.
+    """
+    for section, items in by_section.items():
+        own = SECTIONS[section].__annotations__
+        for name in items:
+            if name in own:
+                raise ConfigError(
+                    f"component {name!r} cannot own a [{section}.{name}] table: "
+                    f"{section}.{name} is already a key; rename the component"
+                )
+    for section, cls in SECTIONS.items():
+        fields = cls.__pydantic_fields__
+        for name in _COMPONENTS.get(section, {}):
+            if name not in cls.__annotations__:
+                fields.pop(name, None)
+        for name, model in by_section.get(section, {}).items():
+            if model.model_fields:  # a model of section_defaults only has no table
+                fields[name] = FieldInfo.from_annotated_attribute(
+                    model,
+                    Field(default_factory=model, description=f"Options of {section} {name!r}."),
+                )
+        cls.model_rebuild(force=True)
+    _COMPONENTS.clear()
+    _COMPONENTS.update({section: dict(items) for section, items in by_section.items()})
+    MarioConfig.model_rebuild(force=True)
+
+
+def tables_of(section: str) -> dict[str, type[ComponentSettings]]:
+    """The components of ``section`` with a ``[<section>.<name>]`` table (own keys)."""
+    items = _COMPONENTS.get(section, {}).items()
+    return {name: model for name, model in items if model.model_fields}
+
+
+def plain_keys(section: str) -> list[str]:
+    """The section's own keys, without the component tables."""
+    tables = tables_of(section)
+    return [key for key in SECTIONS[section].model_fields if key not in tables]
+
+
+def _active_components(merged: dict[str, Any]) -> dict[str, list[str]]:
+    """Per section, the components a merged config uses (in their order)."""
+
+    def get(section: str, key: str) -> Any:
+        value = merged.get(section, {}).get(key)
+        if value is None:
+            return SECTIONS[section].model_fields[key].get_default(call_default_factory=True)
+        return value
+
+    replay = "prioritized" if merged.get("replay", {}).get("per") else get("replay", "replay")
+    wrappers = get("env", "wrappers")
+    return {
+        "env": list(wrappers) if isinstance(wrappers, list) else [],
+        "model": [str(get("model", "backbone")), str(get("model", "recurrent"))],
+        "algo": [str(get("algo", "algo"))],
+        "replay": [str(replay)],
+    }
+
+
+def component_defaults(merged: dict[str, Any]) -> dict[str, Any]:
+    """The layer of ``section_defaults`` of the components ``merged`` uses."""
+    layer: dict[str, dict[str, Any]] = {}
+    for section, names in _active_components(merged).items():
+        for name in names:
+            model = _COMPONENTS.get(section, {}).get(name)
+            if model is None:
+                continue
+            for key, value in model.section_defaults.items():
+                layer.setdefault(section, {}).setdefault(key, value)
+    return layer
+
+
+def defaulted_keys() -> dict[tuple[str, str], dict[str, Any]]:
+    """(section, key) -> {component: its default} for keys that components default."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for section, items in _COMPONENTS.items():
+        for name, model in items.items():
+            for key, value in model.section_defaults.items():
+                found.setdefault((section, key), {})[name] = value
+    return found
+
+
+_NOTICES: set[str] = set()
+
+
+def _notify(message: str) -> None:
+    """A one-line notice on stderr, once per process (deprecated keys)."""
+    if message not in _NOTICES:
+        _NOTICES.add(message)
+        print(f"mario: {message}", file=sys.stderr)
+
+
+def _legacy_notices(layers: list[tuple[str, dict[str, Any]]]) -> None:
+    for origin, layer in layers:
+        if origin in ("saved run config", "flags", "environment"):
+            # Old runs are read silently, flags are generated from the new keys, and
+            # variables are renamed (with their notice) as they are read.
+            continue
+        for section, values in layer.items():
+            if not isinstance(values, dict):
+                continue
+            for old, (name, key) in legacy_routes(section).items():
+                if old in values:
+                    where = _origin_label(origin, [section, old])
+                    _notify(
+                        f"{where}: [{section}] {old} is now [{section}.{name}] {key}; "
+                        "the old key still works in this release"
+                    )
+
+
 class MarioConfig(BaseSettings):
     """The whole resolved configuration, one section per concern."""
 
@@ -383,8 +574,7 @@ def read_env_vars(environ: dict[str, str] | None = None) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX):
             continue
         parts = name[len(ENV_PREFIX) :].lower().split(ENV_NESTED_DELIMITER)
-        section = SECTIONS.get(parts[0])
-        if section is None or len(parts) != 2 or parts[1] not in section.model_fields:
+        if not _is_env_key(parts):
             unknown.append(name)
     if unknown:
         example = "MARIO_ALGO__LEARNING_RATE"
@@ -392,6 +582,7 @@ def read_env_vars(environ: dict[str, str] | None = None) -> dict[str, Any]:
             f"unknown environment variable {unknown[0]}; use MARIO_<SECTION>__<KEY>, "
             f"e.g. {example}, or unset it"
         )
+    environ = {_renamed_env_var(name): value for name, value in environ.items()}
     source = EnvSettingsSource(
         MarioConfig,
         case_sensitive=False,
@@ -413,6 +604,33 @@ def read_env_vars(environ: dict[str, str] | None = None) -> dict[str, Any]:
         ) from None
 
 
+def _renamed_env_var(name: str) -> str:
+    """A legacy flat variable under its new name (parsed by the new key's type)."""
+    parts = name[len(ENV_PREFIX) :].lower().split(ENV_NESTED_DELIMITER)
+    if not name.startswith(ENV_PREFIX) or len(parts) != 2:
+        return name
+    route = legacy_routes(parts[0]).get(parts[1])
+    if route is None:
+        return name
+    new = ENV_PREFIX + ENV_NESTED_DELIMITER.join(p.upper() for p in (parts[0], *route))
+    _notify(
+        f"env var {name}: [{parts[0]}] {parts[1]} is now [{parts[0]}.{route[0]}] {route[1]} "
+        f"({new}); the old name still works in this release"
+    )
+    return new
+
+
+def _is_env_key(parts: list[str]) -> bool:
+    """``[section, key]``, a legacy flat key, or ``[section, component, key]``."""
+    section = SECTIONS.get(parts[0])
+    if section is None or len(parts) not in (2, 3):
+        return False
+    if len(parts) == 2:
+        return parts[1] in plain_keys(parts[0]) or parts[1] in legacy_routes(parts[0])
+    model = _COMPONENTS.get(parts[0], {}).get(parts[1])
+    return model is not None and parts[2] in model.model_fields
+
+
 def find_config_file(explicit: Path | None) -> Path | None:
     """The file layer: --config PATH if given, else ./mario.toml if it exists."""
     if explicit is not None:
@@ -427,7 +645,12 @@ def load_config(
     environ: dict[str, str] | None = None,
     base: dict[str, Any] | None = None,
 ) -> MarioConfig:
-    """Resolve the config: defaults (or ``base``) < file < env vars < CLI flags."""
+    """Resolve the config: defaults (or ``base``) < file < env vars < CLI flags.
+
+    Between the built-in defaults and the other layers lie the ``section_defaults`` of
+    the components the config uses (A2C's own rollout length, say).
+    """
+    ensure_components()
     layers: list[tuple[str, dict[str, Any]]] = []
     if base is not None:
         layers.append(("saved run config", base))
@@ -441,6 +664,8 @@ def load_config(
     merged: dict[str, Any] = {}
     for _, layer in layers:
         merged = deep_merge(merged, layer)
+    _legacy_notices(layers)
+    merged = deep_merge(component_defaults(merged), merged)
     try:
         return MarioConfig.model_validate(merged)
     except ValidationError as exc:
@@ -451,33 +676,59 @@ def _describe_error(exc: ValidationError, layers: list[tuple[str, dict[str, Any]
     """One line: the key, the value, where it came from and what is wrong."""
     error = exc.errors()[0]
     loc = [str(part) for part in error["loc"]]
-    key = ".".join(loc[:2]) if loc else "?"
+    depth = 3 if len(loc) >= 3 and loc[1] in _COMPONENTS.get(loc[0], {}) else 2
+    key = ".".join(loc[:depth]) if loc else "?"
     origin = "defaults"
     value: Any = error.get("input")
     for name, layer in reversed(layers):
-        found, layer_value = _lookup(layer, loc[:2])
+        found, layer_value = _lookup(layer, loc[:depth])
+        if not found and depth == 3:  # given under its legacy flat key
+            old = _legacy_name(loc[0], loc[1], loc[2])
+            found, layer_value = _lookup(layer, [loc[0], old]) if old else (False, None)
         if found:
             origin = name
             value = layer_value
             break
-    where = _origin_label(origin, loc)
+    where = _origin_label(origin, loc[:depth])
     if error["type"] == "extra_forbidden":
         section = SECTIONS.get(loc[0]) if loc else None
         if section is None:
             choices = ", ".join(SECTIONS)
             return f"{where}: unknown section [{loc[0]}]; sections are: {choices}"
-        choices = ", ".join(section.model_fields)
-        return f"{where}: unknown key {key!r}; keys of [{loc[0]}] are: {choices}"
+        if depth == 3:
+            model = _COMPONENTS[loc[0]][loc[1]]
+            table = f"{loc[0]}.{loc[1]}"
+            return f"{where}: unknown key {loc[2]!r} in [{table}]; its keys are: " + ", ".join(
+                model.model_fields
+            )
+        choices = ", ".join(plain_keys(loc[0]))
+        tables = ", ".join(f"[{loc[0]}.{name}]" for name in tables_of(loc[0]))
+        also = f" (and the tables {tables})" if tables else ""
+        return f"{where}: unknown key {key!r}; keys of [{loc[0]}] are: {choices}{also}"
     message = error["msg"].removeprefix("Value error, ")
     return f"{where}: {key} = {value!r} is invalid: {message}"
 
 
+def _legacy_name(section: str, component: str, key: str) -> str | None:
+    for old, route in legacy_routes(section).items():
+        if route == (component, key):
+            return old
+    return None
+
+
 def _origin_label(origin: str, loc: list[str]) -> str:
     if origin == "environment":
-        return "env var " + ENV_PREFIX + ENV_NESTED_DELIMITER.join(p.upper() for p in loc[:2])
+        return "env var " + ENV_PREFIX + ENV_NESTED_DELIMITER.join(p.upper() for p in loc[:3])
     if origin == "flags":
+        if len(loc) >= 3:
+            return "flag " + component_flag(loc[1], loc[2])
         return "flag --" + (loc[1] if len(loc) > 1 else loc[0]).replace("_", "-")
     return origin
+
+
+def component_flag(component: str, key: str) -> str:
+    """The flag of a component's key: ``--<component>-<key>``."""
+    return f"--{component}-{key}".replace("_", "-")
 
 
 def _lookup(layer: dict[str, Any], loc: list[str]) -> tuple[bool, Any]:
@@ -489,14 +740,34 @@ def _lookup(layer: dict[str, Any], loc: list[str]) -> tuple[bool, Any]:
     return True, node
 
 
+def key_path(dotted: str) -> tuple[str, ...] | None:
+    """``section.key`` or ``section.component.key`` as its canonical path (legacy flat
+    keys mapped to their table), or None if it names no value of the config."""
+    ensure_components()
+    parts = dotted.split(".")
+    if parts[0] not in SECTIONS or len(parts) not in (2, 3):
+        return None
+    if len(parts) == 2 and parts[1] in legacy_routes(parts[0]):
+        parts = [parts[0], *legacy_routes(parts[0])[parts[1]]]
+    if len(parts) == 2:
+        return tuple(parts) if parts[1] in plain_keys(parts[0]) else None
+    model = tables_of(parts[0]).get(parts[1])
+    return tuple(parts) if model is not None and parts[2] in model.model_fields else None
+
+
 def set_by_path(cfg: MarioConfig, dotted: str, value: Any) -> None:
-    """Assign ``section.key`` with validation (used by tune's search space)."""
-    section_name, _, key = dotted.partition(".")
-    section = getattr(cfg, section_name, None)
-    if not isinstance(section, Section) or key not in type(section).model_fields:
-        raise ConfigError(f"unknown config key {dotted!r}; use section.key, e.g. algo.gamma")
+    """Assign ``section.key`` or ``section.component.key`` with validation (tune's space)."""
+    path = key_path(dotted)
+    if path is None:
+        raise ConfigError(
+            f"unknown config key {dotted!r}; use section.key or section.component.key, "
+            "e.g. algo.gamma or model.impala.blocks"
+        )
+    target: Any = getattr(cfg, path[0])
+    if len(path) == 3:
+        target = getattr(target, path[1])
     try:
-        setattr(section, key, value)
+        setattr(target, path[-1], value)
     except ValidationError as exc:
         raise ConfigError(f"{dotted} = {value!r} is invalid: {exc.errors()[0]['msg']}") from None
 
@@ -519,25 +790,50 @@ SECTION_TITLES = {
 
 def commented_defaults() -> str:
     """The built-in defaults as a TOML file with every key commented."""
+    ensure_components()
     defaults = MarioConfig().model_dump(mode="json")
+    by_component = defaulted_keys()
     lines = [
         "# mario configuration. Precedence: CLI flag > MARIO_<SECTION>__<KEY> env var >",
         "# this file (or --config PATH) > built-in defaults. Every value below is the default.",
         "",
     ]
-    for section, model in SECTIONS.items():
+    for section in SECTIONS:
         lines.append(f"# {SECTION_TITLES[section]}")
         lines.append(f"[{section}]")
-        for key, field in model.model_fields.items():
-            value = defaults[section][key]
-            lines.append(f"# {field.description}")
-            if value is None:
-                lines.append(f"# {key} =  (not set)")
-            elif isinstance(value, dict) and not value:
-                lines.append(f"# [{section}.{key}] table, see the README")
-            elif isinstance(value, list):
-                lines.append(f"{key} = {json.dumps(value)}")
-            else:
-                lines.append(tomli_w.dumps({key: value}).strip())
+        model = SECTIONS[section]
+        for key in plain_keys(section):
+            own = by_component.get((section, key))
+            field = model.model_fields[key]
+            lines += _commented_key(f"{section}.{key}", field, defaults[section][key], own)
         lines.append("")
+        for name, settings in tables_of(section).items():
+            title = (settings.__doc__ or "").strip().splitlines() or [f"Options of {name}"]
+            lines.append(f"# {title[0]}")
+            lines.append(f"[{section}.{name}]")
+            for key, field in settings.model_fields.items():
+                value = defaults[section][name][key]
+                lines += _commented_key(f"{section}.{name}.{key}", field, value, None)
+            lines.append("")
     return "\n".join(lines)
+
+
+def _commented_key(
+    path: str, field: FieldInfo, value: Any, component_defaults: dict[str, Any] | None
+) -> list[str]:
+    key = path.rpartition(".")[2]
+    lines = [f"# {field.description}"]
+    if component_defaults:
+        # Left unset so that each component's own default applies; set it to override all.
+        own = ", ".join(f"{name} {value!r}" for name, value in sorted(component_defaults.items()))
+        lines.append(f"# Left unset so that components use their own ({own}); else {value!r}.")
+        lines.append(f"# {tomli_w.dumps({key: value}).strip()}")
+    elif value is None:
+        lines.append(f"# {key} =  (not set)")
+    elif isinstance(value, dict) and not value:
+        lines.append(f"# [{path}] table, see the README")
+    elif isinstance(value, list):
+        lines.append(f"{key} = {json.dumps(value)}")
+    else:
+        lines.append(tomli_w.dumps({key: value}).strip())
+    return lines

@@ -14,7 +14,18 @@ from typing import Any
 import pluggy
 
 from mario_cli import hookspecs
+from mario_cli.config import ComponentSettings, install_components
 from mario_cli.errors import ConfigError, UnknownComponentError
+
+# Registry kind -> the config section its components' settings tables live in.
+KIND_SECTIONS: dict[str, str] = {
+    "wrappers": "env",
+    "backbones": "model",
+    "recurrent_cores": "model",
+    "algorithms": "algo",
+    "replay": "replay",
+    "hints": "ui",
+}
 
 # Registry kind -> the hook that fills it.
 KINDS: dict[str, str] = {
@@ -32,6 +43,7 @@ class Component:
     name: str
     plugin: str
     factory: Any
+    settings: type[ComponentSettings] | None = None
 
 
 class Registry:
@@ -45,9 +57,22 @@ class Registry:
         self.kind = kind
         self._items: dict[str, Component] = {}
 
-    def register(self, name: str, factory: Any, plugin: str) -> None:
+    def register(
+        self,
+        name: str,
+        factory: Any,
+        plugin: str,
+        settings: type[ComponentSettings] | None = None,
+    ) -> None:
         if not name or not isinstance(name, str):
             raise ConfigError(f"plugin {plugin} registered a {self.kind} entry with no name")
+        if settings is not None and not (
+            isinstance(settings, type) and issubclass(settings, ComponentSettings)
+        ):
+            raise ConfigError(
+                f"plugin {plugin} registered {self.kind} {name!r} with settings={settings!r}; "
+                "give a subclass of mario_cli.api.ComponentSettings"
+            )
         if isinstance(factory, str) and not _is_reference(factory):
             raise ConfigError(
                 f"plugin {plugin} registered {self.kind} {name!r} as {factory!r}; "
@@ -59,7 +84,7 @@ class Registry:
                 f"{self.kind} {name!r} is registered twice (by {other} and {plugin}); "
                 "uninstall or rename one of them"
             )
-        self._items[name] = Component(name, plugin, factory)
+        self._items[name] = Component(name, plugin, factory, settings)
 
     def get(self, name: str) -> Any:
         """The factory registered under ``name``, or an error listing the choices."""
@@ -72,7 +97,7 @@ class Registry:
                 f"choose one of: {choices}"
             ) from None
         if isinstance(component.factory, str):
-            component = Component(name, component.plugin, self._load(component))
+            component = Component(name, component.plugin, self._load(component), component.settings)
             self._items[name] = component
         return component.factory
 
@@ -130,10 +155,33 @@ class PluginHost:
         for impl in hook.get_hookimpls():
             plugin = self.plugin_name(impl.plugin)
 
-            def register(name: str, factory: Any, _plugin: str = plugin) -> None:
-                registry.register(name, factory, _plugin)
+            def register(
+                name: str,
+                factory: Any,
+                settings: type[ComponentSettings] | None = None,
+                _plugin: str = plugin,
+            ) -> None:
+                registry.register(name, factory, _plugin, settings)
 
             impl.function(register=register)
+
+    def settings_tables(self) -> dict[str, dict[str, type[ComponentSettings]]]:
+        """Section -> component name -> settings model, for every component that has one."""
+        tables: dict[str, dict[str, type[ComponentSettings]]] = {}
+        owners: dict[tuple[str, str], str] = {}
+        for kind, section in KIND_SECTIONS.items():
+            for component in self.registries[kind]:
+                if component.settings is None:
+                    continue
+                other = owners.get((section, component.name))
+                if other is not None:
+                    raise ConfigError(
+                        f"{other} and {kind} {component.name!r} both want a "
+                        f"[{section}.{component.name}] table; rename one of them"
+                    )
+                owners[(section, component.name)] = f"{kind} {component.name!r}"
+                tables.setdefault(section, {})[component.name] = component.settings
+        return tables
 
     def plugin_name(self, plugin: object) -> str:
         name = self.pm.get_name(plugin) or getattr(plugin, "__name__", repr(plugin))
@@ -191,11 +239,15 @@ def get_host() -> PluginHost:
     """The process-wide plugin host, loaded on first use."""
     global _HOST
     if _HOST is None:
-        _HOST = PluginHost()
+        host = PluginHost()
+        install_components(host.settings_tables())
+        _HOST = host
     return _HOST
 
 
 def set_host(host: PluginHost | None) -> None:
     """Replace the process-wide host (tests register inline plugins this way)."""
     global _HOST
+    # The config's component tables follow the host (none until the next get_host).
+    install_components(host.settings_tables() if host is not None else {})
     _HOST = host

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mario_cli.config import SECTIONS, MarioConfig, set_by_path
+from mario_cli.config import MarioConfig, key_path, set_by_path
 from mario_cli.errors import ConfigError, MarioError
 
 # Used when mario.toml has no [tune.space].
@@ -27,7 +27,7 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "algo.clip_range": {"type": "float", "low": 0.1, "high": 0.3},
     "algo.n_steps": {"type": "categorical", "choices": [64, 128, 256, 512]},
     "model.hidden_size": {"type": "categorical", "choices": [256, 512]},
-    "model.impala_blocks": {"type": "int", "low": 1, "high": 3},
+    "model.impala.blocks": {"type": "int", "low": 1, "high": 3},
     "model.recurrent": {"type": "categorical", "choices": ["none", "gru", "lstm"]},
 }
 METRICS = {"avg_max_x_pos": "rollout/avg_max_x_pos", "ep_rew_mean": "rollout/ep_rew_mean"}
@@ -36,9 +36,11 @@ METRICS = {"avg_max_x_pos": "rollout/avg_max_x_pos", "ep_rew_mean": "rollout/ep_
 def validate_space(space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Check every entry: a real config key and a well-formed distribution."""
     for key, dist in space.items():
-        section, _, name = key.partition(".")
-        if section not in SECTIONS or name not in SECTIONS[section].model_fields:
-            raise ConfigError(f"[tune.space] key {key!r} is not a config key (section.key)")
+        if key_path(key) is None:
+            raise ConfigError(
+                f"[tune.space] key {key!r} is not a config key "
+                "(section.key or section.component.key)"
+            )
         kind = dist.get("type")
         if kind in ("float", "int"):
             if "low" not in dist or "high" not in dist or dist["low"] >= dist["high"]:
@@ -179,11 +181,14 @@ def export_best(study: Any, space: dict[str, dict[str, Any]], path: Path) -> Pat
     from mario_cli.config import to_toml
 
     best = study.best_trial.params
-    data: dict[str, dict[str, Any]] = {}
+    data: dict[str, Any] = {}
     for key in space:
-        if key in best:
-            section, _, name = key.partition(".")
-            data.setdefault(section, {})[name] = best[key]
+        where = key_path(key)
+        if key in best and where is not None:
+            node = data
+            for part in where[:-1]:
+                node = node.setdefault(part, {})
+            node[where[-1]] = best[key]
     header = (
         f"# best trial {study.best_trial.number} of study {study.study_name!r}: "
         f"value {study.best_value:.4g} ({time.strftime('%Y-%m-%d %H:%M')})\n"

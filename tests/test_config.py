@@ -110,7 +110,7 @@ def test_env_vars_come_only_from_the_environ_given(monkeypatch) -> None:
         ([], {"MARIO_ENV__FRAME_SKIP": "0"}, "env var MARIO_ENV__FRAME_SKIP"),
         (["--config", "nope.toml"], {}, "nope.toml not found"),
         ([], {"MARIO_ENV__STAGES": "1-1"}, "env var MARIO_ENV__STAGES could not be parsed"),
-        (["--impala-channels", "a,b"], {}, "flag --impala-channels: model.impala_channels"),
+        (["--impala-channels", "a,b"], {}, "flag --impala-channels: model.impala.channels"),
     ],
 )
 def test_cli_config_errors_are_one_line_exit_2(

@@ -20,6 +20,15 @@ WINDOW = 4
 CORES = ["gru", "lstm", "transformer"]
 
 
+def _register_into(registry: Registry) -> Any:
+    """The ``register`` a hook receives, filling ``registry`` as plugin "test"."""
+
+    def register(name: str, item: Any, settings: Any = None) -> None:
+        registry.register(name, item, "test", settings)
+
+    return register
+
+
 def _cfg(**overrides: Any) -> ModelConfig:
     fields = {
         "recurrent_hidden": WIDTH,
@@ -33,7 +42,7 @@ def _cfg(**overrides: Any) -> ModelConfig:
 
 def _factories() -> dict[str, Any]:
     registry = Registry("recurrent_cores")
-    register_recurrent_cores(register=lambda name, item: registry.register(name, item, "test"))
+    register_recurrent_cores(register=_register_into(registry))
     return {name: registry.get(name) for name in registry.names()}
 
 
@@ -248,7 +257,7 @@ def test_transformer_window_count_and_zero_padding() -> None:
 
 
 def test_transformer_width_must_divide_heads() -> None:
-    with pytest.raises(ConfigError, match="transformer_heads"):
+    with pytest.raises(ConfigError, match="transformer.heads"):
         _core("transformer", recurrent_hidden=15, transformer_heads=4)
 
 

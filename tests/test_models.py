@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
+from mario_cli.config import ModelConfig
 from mario_cli.plugins import Registry
 from mario_cli.policy import ActorCritic, PolicyOutput
 from mario_cli.training.builders import choose_auto_backbone
@@ -19,20 +19,28 @@ from mario_models.backbones import ImpalaCNN, NatureCNN
 OBS_SHAPE = (4, 84, 84)
 
 
-def _cfg(backbone: str, **overrides: Any) -> SimpleNamespace:
+def _register_into(registry: Registry) -> Any:
+    """The ``register`` a hook receives, filling ``registry`` as plugin "test"."""
+
+    def register(name: str, item: Any, settings: Any = None) -> None:
+        registry.register(name, item, "test", settings)
+
+    return register
+
+
+def _cfg(backbone: str, **overrides: Any) -> ModelConfig:
     fields = {
         "backbone": backbone,
         "hidden_size": 64,
-        "impala_channels": [16, 32, 32],
-        "impala_blocks": 2,
+        "impala": {"channels": [16, 32, 32], "blocks": 2},
     }
     fields.update(overrides)
-    return SimpleNamespace(**fields)
+    return ModelConfig(**fields)
 
 
 def _factories() -> dict[str, Any]:
     registry = Registry("backbones")
-    register_backbones(register=lambda name, factory: registry.register(name, factory, "test"))
+    register_backbones(register=_register_into(registry))
     return {name: registry.get(name) for name in registry.names()}
 
 
@@ -81,7 +89,7 @@ def test_nature_layer_shapes() -> None:
 
 
 def test_impala_honours_channels_and_blocks() -> None:
-    cfg = _cfg("impala", hidden_size=32, impala_channels=[8, 16], impala_blocks=1)
+    cfg = _cfg("impala", hidden_size=32, impala={"channels": [8, 16], "blocks": 1})
     net = _factories()["impala"](OBS_SHAPE, cfg)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     # Per stage: one entry conv and two convs per residual block.
@@ -256,7 +264,7 @@ def _recurrent_policy(core_name: str, n_actions: int = 5) -> ActorCritic:
     from mario_models import register_recurrent_cores
 
     registry = Registry("recurrent_cores")
-    register_recurrent_cores(register=lambda name, item: registry.register(name, item, "test"))
+    register_recurrent_cores(register=_register_into(registry))
     cores = {name: registry.get(name) for name in registry.names()}
     torch.manual_seed(0)
     backbone = NatureCNN(OBS_SHAPE, 32)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import typer
 
-from mario_cli.config import SECTIONS
+from mario_cli.config import SECTIONS, component_flag, ensure_components, plain_keys, tables_of
 
 # Sections whose keys become flags of train/resume/tune.
 TRAIN_SECTIONS = ("env", "model", "algo", "replay", "train", "ui")
@@ -49,17 +49,38 @@ def _describe_type(annotation: Any) -> tuple[str, bool, bool]:
 NO_FLAG = {("tune", "space")}
 
 
-def _flag_fields(sections: tuple[str, ...]) -> list[tuple[str, str, Any]]:
+class FlagField:
+    """One flag: where its value goes (``path``), its text and its field."""
+
+    def __init__(self, path: tuple[str, ...], flag: str, field: Any) -> None:
+        self.path, self.flag, self.field = path, flag, field
+        self.param = "__".join(path).replace("-", "_").replace(".", "_")
+
+    @property
+    def panel(self) -> str:
+        return ".".join(self.path[:-1]) + " options"
+
+
+def _flag_fields(sections: tuple[str, ...]) -> list[FlagField]:
+    """A flag per plain key (``--key``) and per component key (``--<component>-<key>``)."""
+    ensure_components()
     fields = []
-    seen: dict[str, str] = {}
     for section in sections:
-        for name, field in SECTIONS[section].model_fields.items():
-            if (section, name) in NO_FLAG:
-                continue
-            if name in seen:
-                raise RuntimeError(f"{_flag(name)} is defined by [{seen[name]}] and [{section}]")
-            seen[name] = section
-            fields.append((section, name, field))
+        model = SECTIONS[section]
+        for name in plain_keys(section):
+            if (section, name) not in NO_FLAG:
+                fields.append(FlagField((section, name), _flag(name), model.model_fields[name]))
+        for component, settings in tables_of(section).items():
+            for key, field in settings.model_fields.items():
+                flag = component_flag(component, key)
+                fields.append(FlagField((section, component, key), flag, field))
+    seen: dict[str, FlagField] = {}
+    for field in fields:
+        other = seen.setdefault(field.flag, field)
+        if other is not field:
+            raise RuntimeError(
+                f"{field.flag} is defined by {'.'.join(other.path)} and {'.'.join(field.path)}"
+            )
     return fields
 
 
@@ -87,21 +108,21 @@ def config_options(sections: tuple[str, ...] = TRAIN_SECTIONS) -> Callable[..., 
         signature = inspect.signature(fn)
         own = [p for p in signature.parameters.values() if p.name != "overrides"]
         added = []
-        for section, name, field in fields:
-            metavar, is_bool, _ = _describe_type(field.annotation)
-            decl = f"{_flag(name)}/--no-{name.replace('_', '-')}" if is_bool else _flag(name)
+        for flag in fields:
+            metavar, is_bool, _ = _describe_type(flag.field.annotation)
+            decl = f"{flag.flag}/--no-{flag.flag.removeprefix('--')}" if is_bool else flag.flag
             option = typer.Option(
                 None,
                 decl,
-                help=field.description,
+                help=flag.field.description,
                 metavar=metavar or None,
-                rich_help_panel=f"{section} options",
+                rich_help_panel=flag.panel,
                 show_default=False,
             )
             annotation = bool | None if is_bool else str | None
             added.append(
                 inspect.Parameter(
-                    f"{section}__{name}",
+                    flag.param,
                     inspect.Parameter.KEYWORD_ONLY,
                     default=option,
                     annotation=annotation,
@@ -110,11 +131,15 @@ def config_options(sections: tuple[str, ...] = TRAIN_SECTIONS) -> Callable[..., 
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            overrides: dict[str, dict[str, Any]] = {}
-            for section, name, field in fields:
-                value = kwargs.pop(f"{section}__{name}", None)
-                if value is not None:
-                    overrides.setdefault(section, {})[name] = _parse_value(value, field.annotation)
+            overrides: dict[str, Any] = {}
+            for flag in fields:
+                value = kwargs.pop(flag.param, None)
+                if value is None:
+                    continue
+                node = overrides
+                for part in flag.path[:-1]:
+                    node = node.setdefault(part, {})
+                node[flag.path[-1]] = _parse_value(value, flag.field.annotation)
             return fn(*args, overrides=overrides, **kwargs)
 
         wrapper.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]

@@ -37,10 +37,19 @@ class Impala(Algorithm):
         log_probs = log_probs.float().reshape(steps, envs)
         values = values.float().reshape(steps, envs)
         discounts = self.cfg.gamma * (1.0 - batch.dones)
+        own = self.cfg.settings_of("impala")
         vs, pg_advantages = vtrace(
-            batch.log_probs, log_probs, batch.rewards, values, bootstrap.float(), discounts
+            batch.log_probs,
+            log_probs,
+            batch.rewards,
+            values,
+            bootstrap.float(),
+            discounts,
+            clip_rho=own.clip_rho,
+            clip_c=own.clip_c,
+            clip_pg_rho=own.clip_pg_rho,
         )
-        rho = (log_probs - batch.log_probs).exp().clamp(max=1.0)
+        rho = (log_probs - batch.log_probs).exp().clamp(max=own.clip_rho)
         return vs, pg_advantages, values, rho
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:

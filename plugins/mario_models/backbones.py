@@ -117,10 +117,7 @@ def make_nature(obs_shape: tuple[int, ...], cfg: Any) -> nn.Module:
 
 
 def make_impala(obs_shape: tuple[int, ...], cfg: Any) -> nn.Module:
-    """Backbone factory for ``"impala"``."""
-    return ImpalaCNN(
-        tuple(obs_shape),
-        hidden_size=cfg.hidden_size,
-        channels=list(cfg.impala_channels),
-        blocks=cfg.impala_blocks,
-    )
+    """Backbone factory for ``"impala"`` (options: ``[model.impala]``)."""
+    own = cfg.settings_of("impala")
+    channels = list(own.channels)
+    return ImpalaCNN(tuple(obs_shape), cfg.hidden_size, channels=channels, blocks=own.blocks)

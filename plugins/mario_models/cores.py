@@ -176,8 +176,8 @@ class TransformerCore(nn.Module):
         super().__init__()
         if d_model % heads:
             raise ConfigError(
-                f"transformer width {d_model} is not divisible by transformer_heads {heads}; "
-                "change model.recurrent_hidden or model.transformer_heads"
+                f"transformer width {d_model} is not divisible by its {heads} heads; "
+                "change model.recurrent_hidden or model.transformer.heads (--transformer-heads)"
             )
         self.in_features = in_features
         self.window = window
@@ -279,11 +279,8 @@ def make_lstm(in_features: int, cfg: Any) -> nn.Module:
 
 
 def make_transformer(in_features: int, cfg: Any) -> nn.Module:
-    """Core factory for ``"transformer"``."""
+    """Core factory for ``"transformer"`` (options: ``[model.transformer]``)."""
+    own = cfg.settings_of("transformer")
     return TransformerCore(
-        in_features,
-        _width(in_features, cfg),
-        window=cfg.transformer_window,
-        layers=cfg.transformer_layers,
-        heads=cfg.transformer_heads,
+        in_features, _width(in_features, cfg), window=own.window, layers=own.layers, heads=own.heads
     )
