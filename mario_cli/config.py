@@ -65,6 +65,15 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    def __init__(self, **data: Any) -> None:
+        ensure_components()  # a section built directly knows its component tables too
+        super().__init__(**data)
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
+        ensure_components()
+        return super().model_validate(obj, **kwargs)
+
     @model_validator(mode="before")
     @classmethod
     def _route_legacy_keys(cls, data: Any) -> Any:
@@ -384,11 +393,21 @@ def legacy_routes(section: str) -> dict[str, tuple[str, str]]:
     }
 
 
+_LOADING = False
+
+
 def ensure_components() -> None:
     """Load the plugin host, which installs every component's settings table."""
+    global _LOADING
+    if _LOADING:
+        return
     from mario_cli.plugins import get_host
 
-    get_host()
+    _LOADING = True
+    try:
+        get_host()
+    finally:
+        _LOADING = False
 
 
 def install_components(by_section: dict[str, dict[str, type[ComponentSettings]]]) -> None:
@@ -514,6 +533,15 @@ class MarioConfig(BaseSettings):
         extra="forbid",
         validate_assignment=True,
     )
+
+    def __init__(self, **data: Any) -> None:
+        ensure_components()  # a saved run's config names its components' tables
+        super().__init__(**data)
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
+        ensure_components()
+        return super().model_validate(obj, **kwargs)
 
     env: EnvConfig = Field(default_factory=EnvConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

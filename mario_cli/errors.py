@@ -29,3 +29,13 @@ class CheckpointError(MarioError):
 
 class NonFiniteLossError(MarioError):
     """A NaN or infinite loss: the update is refused and the run stops."""
+
+
+def first_line(exc: BaseException, limit: int = 160, sentence: bool = False) -> str:
+    """An exception's message as one short line (its first sentence if ``sentence``),
+    for a one-line error that wraps another library's."""
+    text = str(exc).strip()
+    text = text.splitlines()[0] if text else type(exc).__name__
+    if sentence:
+        text = text.split(". ")[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -166,7 +166,7 @@ def train_seed(
         minutes = float(metrics.get("time/time_elapsed", 0.0)) / 60
         keep, spent = schedule.due(steps, minutes)
         if keep:
-            path = trainer.run.root / "evalpoints" / f"step_{steps:012d}.pt"
+            path = trainer.run.evalpoints / f"step_{steps:012d}.pt"
             trainer.save_weights(path)
             schedule.taken += 1
             points.append({"steps": steps, "minutes": round(minutes, 3), "checkpoint": str(path)})

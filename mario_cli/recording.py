@@ -113,7 +113,9 @@ def collect_frames(
 def default_output(artifacts: Path, run_name: str) -> Path:
     import time
 
-    return artifacts / "videos" / f"{run_name}_{time.strftime('%Y%m%d-%H%M%S')}.mp4"
+    from mario_cli.runs import videos_dir
+
+    return videos_dir(artifacts) / f"{run_name}_{time.strftime('%Y%m%d-%H%M%S')}.mp4"
 
 
 def write_mp4(frames: list[np.ndarray], output: Path, fps: int) -> None:

@@ -16,11 +16,21 @@ from mario_cli.errors import MarioError
 
 RUNS = "runs"
 LATEST = "latest"
+CHECKPOINTS = "checkpoints"
+VIDEOS = "videos"
 
 
 @dataclass(frozen=True)
 class RunPaths:
+    """The layout of one run folder; every module that reads or writes a run uses it."""
+
     root: Path
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: Path) -> RunPaths | None:
+        """The run a checkpoint file belongs to, or None if it lies outside a run."""
+        folder = Path(checkpoint).parent
+        return cls(folder.parent) if folder.name == CHECKPOINTS else None
 
     @property
     def name(self) -> str:
@@ -40,7 +50,12 @@ class RunPaths:
 
     @property
     def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+        return self.root / CHECKPOINTS
+
+    @property
+    def evalpoints(self) -> Path:
+        """Weights kept at ``mario bench learn``'s evaluation points."""
+        return self.root / "evalpoints"
 
     @property
     def artifacts(self) -> Path:
@@ -92,7 +107,7 @@ def create_run(artifacts: Path, name: str) -> RunPaths:
         candidate = runs / f"{name}-{suffix}"
     try:
         candidate.mkdir(parents=True)
-        (candidate / "checkpoints").mkdir()
+        RunPaths(candidate).checkpoints.mkdir()
     except OSError as exc:
         raise MarioError(f"cannot create run folder {candidate}: {exc.strerror}") from None
     paths = RunPaths(candidate)
@@ -135,9 +150,14 @@ def resolve_run(reference: str | None, artifacts: Path) -> RunPaths:
         return run
     path = Path(reference)
     for candidate in (path, artifacts / RUNS / reference):
-        if candidate.is_dir() and (candidate / "checkpoints").is_dir():
+        if candidate.is_dir() and RunPaths(candidate).checkpoints.is_dir():
             return RunPaths(candidate)
     names = ", ".join(r.name for r in list_runs(artifacts)[-5:]) or "none"
     raise MarioError(
         f"no run {reference!r} under {artifacts / RUNS}; recent runs: {names} (see `mario runs`)"
     )
+
+
+def videos_dir(artifacts: Path) -> Path:
+    """Where ``mario record`` writes its videos by default."""
+    return artifacts / VIDEOS

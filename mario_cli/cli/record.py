@@ -10,6 +10,7 @@ from mario_cli.cli.console import console
 from mario_cli.cli.eval import resolve_policy
 from mario_cli.errors import ConfigError, MarioError
 from mario_cli.eval_protocol import DEFAULT_NOOP_MAX, check_noop_max
+from mario_cli.runs import RunPaths
 
 
 def record(
@@ -45,7 +46,8 @@ def record(
     checkpoint = find_model(model, artifacts_dir)
     overrides = {"env_id": env_id, "random_stage": False} if env_id else {}
     agent = load_agent(checkpoint, overrides)
-    run_name = checkpoint.parent.parent.name if checkpoint.parent.name == "checkpoints" else "model"
+    run = RunPaths.of_checkpoint(checkpoint)
+    run_name = run.name if run is not None else "model"
     target = output or default_output(artifacts_dir, run_name)
     if target.suffix.lower() != ".mp4":
         raise MarioError(f"--output {target} must end in .mp4")

@@ -15,6 +15,7 @@ from mario_cli.cli.console import console
 from mario_cli.cli.options import config_options, config_path_option
 from mario_cli.config import MarioConfig, load_config
 from mario_cli.errors import MarioError
+from mario_cli.runs import RunPaths
 
 
 @config_options()
@@ -74,7 +75,7 @@ def _fresh_run_config(saved: dict[str, Any]) -> dict[str, Any]:
 def _resolve_checkpoint(target: str | None, artifacts: Path, resolve_run, manager_cls) -> Path:
     if target is not None and Path(target).is_file():
         path = Path(target)
-        if path.parent.name != "checkpoints":
+        if RunPaths.of_checkpoint(path) is None:
             raise MarioError(
                 f"{path} is not in a run's checkpoints/ folder, so there is no run to continue; "
                 f"start a new run from its weights: mario resume --init-model-path {path}"

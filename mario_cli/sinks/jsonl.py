@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mario_cli.events import Event, RunStarted
+from mario_cli.runs import RunPaths
 
 
 class JsonlSink:
@@ -18,7 +19,7 @@ class JsonlSink:
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self.close()
-            path = Path(event.run_dir, "metrics.jsonl")
+            path = RunPaths(Path(event.run_dir)).metrics
             self._file = path.open("a", encoding="utf-8")
         if self._file is None:
             return

@@ -14,6 +14,7 @@ from mario_cli.events import (
     RunFinished,
     RunStarted,
 )
+from mario_cli.runs import RunPaths
 
 
 class TensorBoardSink:
@@ -27,7 +28,8 @@ class TensorBoardSink:
             self.close()
             # purge_step drops events a killed run wrote after its last checkpoint.
             purge = event.start_step + 1 if event.resumed_from else None
-            self._writer = SummaryWriter(str(Path(event.run_dir, "tb")), purge_step=purge)
+            folder = RunPaths(Path(event.run_dir)).tensorboard
+            self._writer = SummaryWriter(str(folder), purge_step=purge)
             return
         writer = self._writer
         if writer is None:

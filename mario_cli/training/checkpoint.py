@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mario_cli.errors import CheckpointError
+from mario_cli.errors import CheckpointError, first_line
+from mario_cli.runs import RunPaths
 
 FORMAT = "mario-checkpoint"
 FORMAT_VERSION = 1
@@ -35,13 +36,6 @@ _PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)
 _PLAIN_TORCH = (torch.Tensor, torch.dtype, torch.device, torch.Size)
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"
-
-
-def _first_line(exc: BaseException, limit: int = 120) -> str:
-    """The first sentence of an exception message, shortened."""
-    text = str(exc).strip()
-    text = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _find_unsafe(value: Any, where: str) -> str | None:
@@ -116,7 +110,10 @@ def _write_error(path: Path, exc: OSError | RuntimeError) -> CheckpointError:
     # torch.save reports a failed write (disk full, file too large) as a RuntimeError
     # raised while handling the OSError.
     cause = exc if isinstance(exc, OSError) else exc.__context__
-    reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else _first_line(exc)
+    if isinstance(cause, OSError) and cause.strerror:
+        reason = cause.strerror
+    else:
+        reason = first_line(exc, 120, sentence=True)
     return CheckpointError(
         f"cannot write checkpoint {path} ({reason}); free disk space or make "
         f"{path.parent} writable, then resume: the checkpoints already saved are intact"
@@ -125,7 +122,7 @@ def _write_error(path: Path, exc: OSError | RuntimeError) -> CheckpointError:
 
 def _read_error(path: Path, exc: Exception) -> CheckpointError:
     """Turn whatever torch.load raised into one actionable line."""
-    detail = _first_line(exc)
+    detail = first_line(exc, 120, sentence=True)
     if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower():
         if "Unsupported operand" in str(exc):
             return CheckpointError(
@@ -225,7 +222,7 @@ class CheckpointManager:
     def __init__(self, run_dir: Path, keep: int) -> None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
-        self.directory = Path(run_dir) / "checkpoints"
+        self.directory = RunPaths(Path(run_dir)).checkpoints
         self.keep = keep
         self._best_score: float | None = None
         self._best_read = False  # best.pt is read only when a score is needed
@@ -402,7 +399,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.set_rng_state(torch.as_tensor(state["torch"]).cpu().to(torch.uint8))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
-            f"the checkpoint's RNG state is malformed ({_first_line(exc)}); "
+            f"the checkpoint's RNG state is malformed ({first_line(exc, 120, sentence=True)}); "
             "resume from another checkpoint or start a new run"
         ) from None
     cuda = state.get("cuda")

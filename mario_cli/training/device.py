@@ -11,15 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mario_cli.errors import ConfigError
+from mario_cli.errors import ConfigError, first_line
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc).strip()
-    text = text.splitlines()[0] if text else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _mps_available() -> bool:
@@ -45,7 +39,7 @@ def sanity_check(device: torch.device) -> str | None:
         expected = compute(torch.device("cpu"))
         got = compute(device)
     except Exception as exc:
-        return f"{type(exc).__name__}: {_first_line(exc)}"
+        return f"{type(exc).__name__}: {first_line(exc)}"
     if got.shape != expected.shape or not torch.isfinite(got).all():
         return "it returned malformed results"
     error = float((got - expected).abs().max() / expected.abs().max())
@@ -122,7 +116,7 @@ def should_compile(device: torch.device, requested: bool | None) -> bool:
 
 
 def _compile_note(exc: BaseException) -> str:
-    return f"torch.compile failed ({type(exc).__name__}: {_first_line(exc)}); running eager"
+    return f"torch.compile failed ({type(exc).__name__}: {first_line(exc)}); running eager"
 
 
 class CompileGuard:
