@@ -239,6 +239,14 @@ class AlgoConfig(Section):
     warmup_fraction: float = Field(0.01, ge=0, le=1, description="Linear warmup share of training.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     ent_coef: float = Field(0.01, ge=0, description="Entropy bonus coefficient.")
+    ent_coef_final: float | None = Field(
+        None,
+        ge=0,
+        description="Entropy coefficient reached after ent_decay_steps (None: constant ent_coef).",
+    )
+    ent_decay_steps: int = Field(
+        300_000, ge=1, description="Agent steps over which ent_coef falls to ent_coef_final."
+    )
     vf_coef: float = Field(0.5, ge=0, description="Value loss coefficient.")
     gamma: float = Field(0.9, gt=0, le=1, description="Discount factor.")
     gae_lambda: float = Field(1.0, ge=0, le=1, description="GAE lambda.")

@@ -194,3 +194,27 @@ def test_seed_everything() -> None:
     b = draw()
     assert a[:2] == b[:2] and torch.equal(a[2], b[2])
     seed_everything(-1)  # negative seeds are valid for torch, folded for numpy
+
+
+def test_the_entropy_coefficient_decays_linearly_over_its_steps_then_holds() -> None:
+    from types import SimpleNamespace
+
+    from mario_algos.base import Algorithm
+    from mario_cli.config import MarioConfig
+
+    cfg = MarioConfig.model_validate(
+        {
+            "algo": {"ent_coef": 0.04, "ent_coef_final": 0.01, "ent_decay_steps": 100_000},
+            "train": {"total_timesteps": 1_000_000},
+        }
+    )
+    algo = Algorithm(None, cfg, None)
+
+    def at(step: int) -> float:
+        return algo.entropy_coef(SimpleNamespace(progress=step / 1_000_000))
+
+    assert at(0) == pytest.approx(0.04)
+    assert at(50_000) == pytest.approx(0.025)
+    assert at(100_000) == pytest.approx(0.01) and at(600_000) == pytest.approx(0.01)
+    constant = Algorithm(None, MarioConfig.model_validate({"algo": {"ent_coef": 0.02}}), None)
+    assert constant.entropy_coef(SimpleNamespace(progress=0.9)) == 0.02

@@ -32,7 +32,7 @@ class A2C(Algorithm):
         ):
             share = mb.size / n
             pg_loss, value_loss, entropy_mean = actor_critic_terms(mb)
-            loss = self.total_loss(pg_loss, value_loss, entropy_mean)
+            loss = self.total_loss(pg_loss, value_loss, entropy_mean, batch)
             self.optimiser.accumulate(loss * share)
             for key, value in (
                 ("pg", pg_loss),

@@ -29,13 +29,27 @@ class Algorithm:
         self.policy = policy
         self.cfg = cfg.algo
         self.replay_cfg = cfg.replay
+        self.total_timesteps = cfg.train.total_timesteps
         self.optimiser = optimiser
         self.replay = replay
 
+    def entropy_coef(self, batch: RolloutBatch) -> float:
+        """``ent_coef``, or its linear decay to ``ent_coef_final`` over ``ent_decay_steps``
+        agent steps (explore early, then let the policy sharpen)."""
+        cfg = self.cfg
+        if cfg.ent_coef_final is None:
+            return cfg.ent_coef
+        done = batch.progress * self.total_timesteps / max(1, cfg.ent_decay_steps)
+        return cfg.ent_coef + (cfg.ent_coef_final - cfg.ent_coef) * min(1.0, done)
+
     def total_loss(
-        self, pg_loss: torch.Tensor, value_loss: torch.Tensor, entropy: torch.Tensor
+        self,
+        pg_loss: torch.Tensor,
+        value_loss: torch.Tensor,
+        entropy: torch.Tensor,
+        batch: RolloutBatch,
     ) -> torch.Tensor:
-        return pg_loss + self.cfg.vf_coef * value_loss - self.cfg.ent_coef * entropy
+        return pg_loss + self.cfg.vf_coef * value_loss - self.entropy_coef(batch) * entropy
 
     def finish_update(
         self,
@@ -54,6 +68,7 @@ class Algorithm:
         self.optimiser.end_update()
         return metrics | {
             "train/entropy_loss": -means["entropy"],
+            "train/ent_coef": self.entropy_coef(batch),
             "train/explained_variance": explained_variance,
             "train/learning_rate": learning_rate,
             "train/loss": means["loss"],

@@ -61,7 +61,7 @@ class Impala(Algorithm):
             self.policy, batch, pg_advantages, vs, cfg.batch_size, True, self.optimiser.autocast
         ):
             pg_loss, value_loss, entropy_mean = actor_critic_terms(mb)
-            loss = self.total_loss(pg_loss, value_loss, entropy_mean)
+            loss = self.total_loss(pg_loss, value_loss, entropy_mean, batch)
             self.optimiser.backward(loss)
             pg_losses.append(pg_loss.item())
             value_losses.append(value_loss.item())

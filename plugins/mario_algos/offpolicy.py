@@ -45,6 +45,7 @@ def store_and_replay(
         algorithm.replay_cfg.replay_batch_size,
         batch.progress,
         batch.obs.device,
+        algorithm.entropy_coef(batch),
     )
 
 
@@ -56,6 +57,7 @@ def replay_update(
     batch_size: int,
     progress: float,
     device: torch.device,
+    ent_coef: float | None = None,
 ) -> dict[str, float]:
     """One weighted update on a replay sample; returns replay/* metrics."""
     if len(replay) < batch_size:
@@ -71,7 +73,8 @@ def replay_update(
     weights = sample.weights
     pg_loss = -(weights * clipped * sample.advantages * log_probs).mean()
     value_loss = (weights * (sample.returns - values).pow(2)).mean()
-    loss = pg_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy.mean()
+    ent_coef = cfg.ent_coef if ent_coef is None else ent_coef
+    loss = pg_loss + cfg.vf_coef * value_loss - ent_coef * entropy.mean()
     optimiser.accumulate(loss)
     optimiser.step()
     errors = (sample.returns - values).detach().cpu().numpy()

@@ -50,7 +50,7 @@ class PPO(Algorithm):
                     predicted = mb.old_values + delta
                 value_loss = (mb.returns - predicted).pow(2).mean()
                 entropy_mean = mb.entropy.mean()
-                loss = self.total_loss(pg_loss, value_loss, entropy_mean)
+                loss = self.total_loss(pg_loss, value_loss, entropy_mean, batch)
 
                 with torch.no_grad():
                     approx_kl = ((ratio - 1) - log_ratio).mean().item()
