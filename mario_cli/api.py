@@ -26,6 +26,7 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from mario_cli import metric_names
 from mario_cli.config import (
     AlgoConfig,
     ComponentSettings,
@@ -83,6 +84,7 @@ __all__ = [
     "WrapperFactory",
     "entropy_of",
     "hookimpl",
+    "metric_names",
     "resume_command",
 ]
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mario_cli import metric_names as names
 from mario_cli.config import MarioConfig, UiConfig
 from mario_cli.events import CheckpointSaved, EpisodeEnd, Event, Hint, IterationStats, RunStarted
 
@@ -43,7 +44,7 @@ class Reading:
 
 def entropy_of(metrics: Mapping[str, float]) -> float | None:
     """Policy entropy in nats: the negated ``train/entropy_loss``, as Stable-Baselines3 logs it."""
-    loss = metrics.get("train/entropy_loss")
+    loss = metrics.get(names.TRAIN_ENTROPY_LOSS)
     return None if loss is None else -float(loss)
 
 
@@ -55,10 +56,10 @@ def diagnose(metrics: Mapping[str, float], ui: UiConfig) -> list[Reading]:
     """
     # name, value, direction (+1: high is bad, -1: low is bad), warn, bad
     checks: list[tuple[str, float | None, int, float, float]] = [
-        ("approx_kl", metrics.get("train/approx_kl"), 1, ui.kl_warn, ui.kl_bad),
+        ("approx_kl", metrics.get(names.TRAIN_APPROX_KL), 1, ui.kl_warn, ui.kl_bad),
         (
             "clip_fraction",
-            metrics.get("train/clip_fraction"),
+            metrics.get(names.TRAIN_CLIP_FRACTION),
             1,
             ui.clip_fraction_warn,
             ui.clip_fraction_bad,
@@ -66,12 +67,18 @@ def diagnose(metrics: Mapping[str, float], ui: UiConfig) -> list[Reading]:
         ("entropy", entropy_of(metrics), -1, ui.entropy_warn, ui.entropy_bad),
         (
             "explained_variance",
-            metrics.get("train/explained_variance"),
+            metrics.get(names.TRAIN_EXPLAINED_VARIANCE),
             -1,
             ui.explained_variance_warn,
             ui.explained_variance_bad,
         ),
-        ("value_loss", metrics.get("train/value_loss"), 1, ui.value_loss_warn, ui.value_loss_bad),
+        (
+            "value_loss",
+            metrics.get(names.TRAIN_VALUE_LOSS),
+            1,
+            ui.value_loss_warn,
+            ui.value_loss_bad,
+        ),
     ]
     readings = []
     for name, value, direction, warn, bad in checks:
@@ -205,7 +212,7 @@ class HintEngine:
         with self._lock:
             self.history.steps.append(int(step))
             self.history.metrics.append(dict(metrics))
-            max_x = metrics.get("rollout/avg_max_x_pos")
+            max_x = metrics.get(names.ROLLOUT_AVG_MAX_X_POS)
             if max_x is not None:
                 self.history.max_x.add(int(step), float(max_x))
             if len(self.history.metrics) > self.max_iterations:

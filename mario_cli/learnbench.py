@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mario_cli import metric_names as names
 from mario_cli.config import MarioConfig
 from mario_cli.errors import ConfigError, MarioError
 from mario_cli.eval_protocol import check_noop_max, check_policy, start_protocol
@@ -163,7 +164,7 @@ def train_seed(
 
     def after_iteration(steps: int, metrics: dict[str, float]) -> None:
         nonlocal spent
-        minutes = float(metrics.get("time/time_elapsed", 0.0)) / 60
+        minutes = float(metrics.get(names.TIME_TIME_ELAPSED, 0.0)) / 60
         keep, spent = schedule.due(steps, minutes)
         if keep:
             path = trainer.run.evalpoints / f"step_{steps:012d}.pt"

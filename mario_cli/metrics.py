@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mario_cli import metric_names as names
+
 
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Every JSON object line of a metrics file; a line cut short by a kill or otherwise
@@ -39,7 +41,7 @@ def iteration_series(
         if record.get("type") != "IterationStats":
             continue
         metrics = record["metrics"]
-        last_elapsed = float(metrics.get("time/time_elapsed", last_elapsed))
+        last_elapsed = float(metrics.get(names.TIME_TIME_ELAPSED, last_elapsed))
         if metric in metrics:
             steps.append(float(record["step"]))
             times.append(offset + last_elapsed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mario_cli import metric_names as names
 from mario_cli.metrics import read_records
 from mario_cli.runs import RunPaths
 from mario_cli.training.checkpoint import CheckpointManager
@@ -60,9 +61,9 @@ def summarise_run(run: RunPaths) -> RunSummary:
         steps=int(iterations[-1].get("step", 0)) if iterations else 0,
         total_timesteps=_int_or_none(begun.get("total_timesteps")),
         status=status,
-        ep_rew_mean=last.get("rollout/ep_rew_mean"),
-        avg_max_x_pos=last.get("rollout/avg_max_x_pos"),
-        clear_rate=last.get("rollout/clear_rate"),
+        ep_rew_mean=last.get(names.ROLLOUT_EP_REW_MEAN),
+        avg_max_x_pos=last.get(names.ROLLOUT_AVG_MAX_X_POS),
+        clear_rate=last.get(names.ROLLOUT_CLEAR_RATE),
         best_checkpoint=str(manager.best_path) if manager.best_path.is_file() else None,
         checkpoints=checkpoints,
     )

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mario_cli import metric_names as names
 from mario_cli.config import MarioConfig, key_path, set_by_path
 from mario_cli.errors import ConfigError, MarioError
 
@@ -30,7 +31,7 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "model.impala.blocks": {"type": "int", "low": 1, "high": 3},
     "model.recurrent": {"type": "categorical", "choices": ["none", "gru", "lstm"]},
 }
-METRICS = {"avg_max_x_pos": "rollout/avg_max_x_pos", "ep_rew_mean": "rollout/ep_rew_mean"}
+METRICS = {"avg_max_x_pos": names.ROLLOUT_AVG_MAX_X_POS, "ep_rew_mean": names.ROLLOUT_EP_REW_MEAN}
 
 
 def validate_space(space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

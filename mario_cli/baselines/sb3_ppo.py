@@ -16,6 +16,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from mario_cli import metric_names as names
 from mario_cli.config import EnvConfig, MarioConfig
 from mario_cli.errors import MarioError
 from mario_cli.events import EpisodeEnd, IterationStats, RunFinished, RunStarted
@@ -160,16 +161,16 @@ def run_sb3_ppo(
         def _on_rollout_end(self) -> None:
             elapsed = time.perf_counter() - start
             metrics = {
-                "time/total_timesteps": float(self.num_timesteps),
-                "time/time_elapsed": elapsed,
-                "time/fps": self.num_timesteps / max(elapsed, 1e-9),
+                names.TIME_TOTAL_TIMESTEPS: float(self.num_timesteps),
+                names.TIME_TIME_ELAPSED: elapsed,
+                names.TIME_FPS: self.num_timesteps / max(elapsed, 1e-9),
             }
             if episodes:
-                metrics["rollout/avg_max_x_pos"] = float(
+                metrics[names.ROLLOUT_AVG_MAX_X_POS] = float(
                     np.mean([e["max_x_pos"] for e in episodes])
                 )
-                metrics["rollout/ep_rew_mean"] = float(np.mean([e["return"] for e in episodes]))
-                metrics["rollout/clear_rate"] = float(np.mean([e["cleared"] for e in episodes]))
+                metrics[names.ROLLOUT_EP_REW_MEAN] = float(np.mean([e["return"] for e in episodes]))
+                metrics[names.ROLLOUT_CLEAR_RATE] = float(np.mean([e["cleared"] for e in episodes]))
             sink(IterationStats(self.num_timesteps, self.n_calls, total_timesteps, metrics))
 
     torch.manual_seed(seed)
@@ -187,7 +188,7 @@ def run_sb3_ppo(
     elapsed = time.perf_counter() - start
     summary = {"global_step": float(steps), "sps": steps / elapsed}
     if episodes:
-        summary["rollout/avg_max_x_pos"] = float(np.mean([e["max_x_pos"] for e in episodes]))
+        summary[names.ROLLOUT_AVG_MAX_X_POS] = float(np.mean([e["max_x_pos"] for e in episodes]))
     sink(RunFinished(steps, "finished", "budget reached", None, None, summary))
     sink.close()
     return summary

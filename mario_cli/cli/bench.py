@@ -11,6 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mario_cli import metric_names as names
 from mario_cli.cli.console import console, err_console
 from mario_cli.cli.options import config_options, config_path_option
 from mario_cli.config import load_config
@@ -241,7 +242,7 @@ def learn(
             )
 
             def on_iteration(done: int, elapsed: float, metrics: dict, task=task) -> None:
-                x = metrics.get("rollout/avg_max_x_pos")
+                x = metrics.get(names.ROLLOUT_AVG_MAX_X_POS)
                 status = f"{done:,} steps, {metrics.get('time/fps', 0):.0f}/s"
                 if x is not None:
                     status += f", avg max x {x:.0f}, clear {metrics['rollout/clear_rate']:.0%}"

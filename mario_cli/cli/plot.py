@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from mario_cli import metric_names as names
 from mario_cli.cli.console import console
 from mario_cli.errors import ConfigError
 
@@ -13,7 +14,7 @@ from mario_cli.errors import ConfigError
 def plot(
     runs: list[str] = typer.Argument(..., help="Run names or folders to compare."),
     metric: list[str] = typer.Option(
-        ["rollout/avg_max_x_pos"], "--metric", "-m", help="Metric to plot (repeatable)."
+        [names.ROLLOUT_AVG_MAX_X_POS], "--metric", "-m", help="Metric to plot (repeatable)."
     ),
     x: str = typer.Option("steps", "--x", help="x axis: steps or time."),
     output: Path | None = typer.Option(None, "--output", "-o", help="PNG path."),

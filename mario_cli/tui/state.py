@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from mario_cli import metric_names as names
 from mario_cli.diagnostics import entropy_of
 from mario_cli.events import (
     CheckpointSaved,
@@ -31,9 +32,9 @@ def _metric(key: str) -> Callable[[Mapping[str, float]], float | None]:
 
 # Plotted series: title -> how to read it from an iteration's metrics.
 PLOTS: dict[str, Callable[[Mapping[str, float]], float | None]] = {
-    "rollout/ep_rew_mean": _metric("rollout/ep_rew_mean"),
-    "rollout/avg_max_x_pos": _metric("rollout/avg_max_x_pos"),
-    "train/approx_kl": _metric("train/approx_kl"),
+    names.ROLLOUT_EP_REW_MEAN: _metric(names.ROLLOUT_EP_REW_MEAN),
+    names.ROLLOUT_AVG_MAX_X_POS: _metric(names.ROLLOUT_AVG_MAX_X_POS),
+    names.TRAIN_APPROX_KL: _metric(names.TRAIN_APPROX_KL),
     "entropy": entropy_of,
 }
 EPISODES_SHOWN = 12

@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
 
+from mario_cli import metric_names as names
 from mario_cli.config import UiConfig
 from mario_cli.diagnostics import BAD, OK, WARN, diagnose
 from mario_cli.events import Hint
@@ -62,7 +63,7 @@ class RunHeader(Static):
         fps = 0.0
         if view.latest is not None:
             step, total = view.latest.step, view.latest.total_timesteps
-            fps = float(view.latest.metrics.get("time/fps", 0.0))
+            fps = float(view.latest.metrics.get(names.TIME_FPS, 0.0))
         percent = f" ({100 * step / total:.1f}%)" if total else ""
         running = view.finished is None and fps > 0 and total > step
         eta = format_duration((total - step) / fps) if running else "-"

@@ -8,6 +8,7 @@ import torch
 
 from mario_algos.offpolicy import store_and_replay
 from mario_cli.api import MarioConfig, Optimiser, RolloutBatch
+from mario_cli.api import metric_names as names
 
 
 def actor_critic_terms(mb: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,14 +68,14 @@ class Algorithm:
         learning_rate = self.optimiser.learning_rate
         self.optimiser.end_update()
         return metrics | {
-            "train/entropy_loss": -means["entropy"],
-            "train/ent_coef": self.entropy_coef(batch),
-            "train/explained_variance": explained_variance,
-            "train/learning_rate": learning_rate,
-            "train/loss": means["loss"],
-            "train/policy_gradient_loss": means["pg"],
-            "train/value_loss": means["value"],
-            "train/grad_norm": self.optimiser.last_grad_norm,
+            names.TRAIN_ENTROPY_LOSS: -means["entropy"],
+            names.TRAIN_ENT_COEF: self.entropy_coef(batch),
+            names.TRAIN_EXPLAINED_VARIANCE: explained_variance,
+            names.TRAIN_LEARNING_RATE: learning_rate,
+            names.TRAIN_LOSS: means["loss"],
+            names.TRAIN_POLICY_GRADIENT_LOSS: means["pg"],
+            names.TRAIN_VALUE_LOSS: means["value"],
+            names.TRAIN_GRAD_NORM: self.optimiser.last_grad_norm,
         }
 
     def state_dict(self) -> dict[str, Any]:

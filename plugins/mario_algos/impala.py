@@ -14,6 +14,7 @@ from mario_algos.base import Algorithm, actor_critic_terms
 from mario_algos.minibatches import iterate_minibatches
 from mario_algos.returns import explained_variance, vtrace
 from mario_cli.api import RolloutBatch
+from mario_cli.api import metric_names as names
 
 
 class Impala(Algorithm):
@@ -74,6 +75,6 @@ class Impala(Algorithm):
         }
         explained = explained_variance(learner_values, vs)
         return self.finish_update(batch, vs, pg_advantages, explained, means) | {
-            "train/policy_lag": float(batch.policy_lag),
-            "train/mean_rho": float(rho.mean().item()),
+            names.TRAIN_POLICY_LAG: float(batch.policy_lag),
+            names.TRAIN_MEAN_RHO: float(rho.mean().item()),
         }

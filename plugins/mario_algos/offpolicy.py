@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from mario_cli.api import Optimiser
+from mario_cli.api import metric_names as names
 
 RHO_CLIP = 1.0
 
@@ -80,10 +81,10 @@ def replay_update(
     errors = (sample.returns - values).detach().cpu().numpy()
     replay.update_priorities(sample.indices, errors)
     return {
-        "replay/policy_loss": float(pg_loss.item()),
-        "replay/value_loss": float(value_loss.item()),
-        "replay/mean_ratio": float(clipped.mean().item()),
-        "replay/mean_weight": float(weights.mean().item()),
-        "replay/size": float(len(replay)),
-        "replay/priority_spread": float(np.ptp(np.abs(errors))) if len(errors) else 0.0,
+        names.REPLAY_POLICY_LOSS: float(pg_loss.item()),
+        names.REPLAY_VALUE_LOSS: float(value_loss.item()),
+        names.REPLAY_MEAN_RATIO: float(clipped.mean().item()),
+        names.REPLAY_MEAN_WEIGHT: float(weights.mean().item()),
+        names.REPLAY_SIZE: float(len(replay)),
+        names.REPLAY_PRIORITY_SPREAD: float(np.ptp(np.abs(errors))) if len(errors) else 0.0,
     }

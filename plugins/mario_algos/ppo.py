@@ -9,6 +9,7 @@ from mario_algos.base import Algorithm
 from mario_algos.minibatches import iterate_minibatches
 from mario_algos.returns import explained_variance, gae
 from mario_cli.api import RolloutBatch
+from mario_cli.api import metric_names as names
 
 
 class PPO(Algorithm):
@@ -75,8 +76,8 @@ class PPO(Algorithm):
         }
         explained = explained_variance(batch.values, returns)
         return self.finish_update(batch, returns, advantages, explained, means) | {
-            "train/approx_kl": float(np.mean(kls)),
-            "train/clip_fraction": float(np.mean(clip_fractions)),
-            "train/clip_range": cfg.clip_range,
-            "train/stopped_early": float(stopped_early),
+            names.TRAIN_APPROX_KL: float(np.mean(kls)),
+            names.TRAIN_CLIP_FRACTION: float(np.mean(clip_fractions)),
+            names.TRAIN_CLIP_RANGE: cfg.clip_range,
+            names.TRAIN_STOPPED_EARLY: float(stopped_early),
         }

@@ -11,6 +11,7 @@ from statistics import median
 from typing import Any
 
 from mario_cli.api import Hint, History, MarioConfig, entropy_of, resume_command
+from mario_cli.api import metric_names as names
 
 # Where agents commonly get stuck, by stage: (x position, what is there). On 1-1 a
 # scripted run-and-jump Mario dies at 314 (goomba), is blocked at 434, 594, 722 and
@@ -39,9 +40,9 @@ def updates_stalled(history: History, cfg: MarioConfig) -> list[Hint]:
     ui = cfg.ui
 
     def stalled(m: dict[str, float]) -> bool:
-        kl = m.get("train/approx_kl")
-        clip = m.get("train/clip_fraction")
-        pg = m.get("train/policy_gradient_loss")
+        kl = m.get(names.TRAIN_APPROX_KL)
+        clip = m.get(names.TRAIN_CLIP_FRACTION)
+        pg = m.get(names.TRAIN_POLICY_GRADIENT_LOSS)
         if kl is None or clip is None or pg is None:
             return False
         return abs(kl) < ui.stall_kl and clip <= 0.0 and abs(pg) < ui.stall_policy_loss
@@ -93,7 +94,7 @@ def kl_too_large(history: History, cfg: MarioConfig) -> list[Hint]:
     ui = cfg.ui
 
     def large(m: dict[str, float]) -> bool:
-        kl = m.get("train/approx_kl")
+        kl = m.get(names.TRAIN_APPROX_KL)
         return kl is not None and kl > ui.kl_bad
 
     window = history.recent(ui.kl_iterations)
@@ -103,7 +104,7 @@ def kl_too_large(history: History, cfg: MarioConfig) -> list[Hint]:
     flags = [f"--learning-rate {algo.learning_rate / 2:g}"]
     if algo.target_kl is None or algo.target_kl > ui.kl_warn:
         flags.append(f"--target-kl {ui.kl_warn:g}")
-    kl = window[-1]["train/approx_kl"]
+    kl = window[-1][names.TRAIN_APPROX_KL]
     return [
         Hint(
             history.step,
@@ -121,7 +122,7 @@ def value_not_learning(history: History, cfg: MarioConfig) -> list[Hint]:
     ui = cfg.ui
 
     def near_zero(m: dict[str, float]) -> bool:
-        ev = m.get("train/explained_variance")
+        ev = m.get(names.TRAIN_EXPLAINED_VARIANCE)
         return ev is not None and abs(ev) < ui.explained_variance_zero
 
     if not _all(history.recent(ui.explained_variance_iterations), near_zero):
@@ -200,7 +201,7 @@ def progress_stalled(history: History, cfg: MarioConfig) -> list[Hint]:
     if before is None or recent is None or recent - before > ui.stall_progress_margin:
         return []  # too early (no point older than the window yet) or still improving
     episodes = list(history.episodes)[-RECENT_EPISODES:]
-    clear_rate = history.metrics[-1].get("rollout/clear_rate") if history.metrics else None
+    clear_rate = history.metrics[-1].get(names.ROLLOUT_CLEAR_RATE) if history.metrics else None
     if clear_rate is None and episodes:
         clear_rate = sum(bool(e.get("cleared")) for e in episodes) / len(episodes)
     if clear_rate is not None and clear_rate >= CLEARS_MOST:

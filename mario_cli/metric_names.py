@@ -1,0 +1,45 @@
+"""Every metric name the trainer, the algorithms, the displays and the readers share.
+
+One home, so a renamed metric cannot leave a reader behind. Plugins reach this
+module as ``mario_cli.api.metric_names``.
+"""
+
+from __future__ import annotations
+
+# Episodes, over the rolling window (means from stage-start episodes only)
+ROLLOUT_AVG_MAX_X_POS = "rollout/avg_max_x_pos"
+ROLLOUT_CLEAR_RATE = "rollout/clear_rate"
+ROLLOUT_EP_LEN_MEAN = "rollout/ep_len_mean"
+ROLLOUT_EP_REW_MEAN = "rollout/ep_rew_mean"
+ROLLOUT_FRONTIER_X = "rollout/frontier_x"
+ROLLOUT_RESTART_SHARE = "rollout/restart_share"
+
+# Progress and speed
+TIME_FPS = "time/fps"
+TIME_ITERATIONS = "time/iterations"
+TIME_TIME_ELAPSED = "time/time_elapsed"
+TIME_TOTAL_TIMESTEPS = "time/total_timesteps"
+
+# The learner update
+TRAIN_APPROX_KL = "train/approx_kl"
+TRAIN_CLIP_FRACTION = "train/clip_fraction"
+TRAIN_CLIP_RANGE = "train/clip_range"
+TRAIN_ENT_COEF = "train/ent_coef"
+TRAIN_ENTROPY_LOSS = "train/entropy_loss"
+TRAIN_EXPLAINED_VARIANCE = "train/explained_variance"
+TRAIN_GRAD_NORM = "train/grad_norm"
+TRAIN_LEARNING_RATE = "train/learning_rate"
+TRAIN_LOSS = "train/loss"
+TRAIN_MEAN_RHO = "train/mean_rho"
+TRAIN_POLICY_GRADIENT_LOSS = "train/policy_gradient_loss"
+TRAIN_POLICY_LAG = "train/policy_lag"
+TRAIN_STOPPED_EARLY = "train/stopped_early"
+TRAIN_VALUE_LOSS = "train/value_loss"
+
+# Extra updates on replayed samples
+REPLAY_MEAN_RATIO = "replay/mean_ratio"
+REPLAY_MEAN_WEIGHT = "replay/mean_weight"
+REPLAY_POLICY_LOSS = "replay/policy_loss"
+REPLAY_PRIORITY_SPREAD = "replay/priority_spread"
+REPLAY_SIZE = "replay/size"
+REPLAY_VALUE_LOSS = "replay/value_loss"
