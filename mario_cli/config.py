@@ -284,6 +284,13 @@ class TrainConfig(Section):
     torch_threads: int = Field(
         0, ge=0, description="Update threads (0: one per core; collection uses 1)."
     )
+    actors: Literal["thread", "ray"] = Field(
+        "thread", description="Where IMPALA's actors run: a thread here, or Ray actors."
+    )
+    n_actors: int = Field(2, ge=1, description="Ray actors, each with its own n_envs envs.")
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join, HOST:PORT (None: start a local Ray)."
+    )
     save_freq: int = Field(50_000, ge=1, description="Checkpoint every this many agent steps.")
     keep_checkpoints: int = Field(3, ge=1, description="Rotated checkpoints kept besides best.")
     run_name: str | None = Field(None, description="Run folder name (default: algo-stage-time).")

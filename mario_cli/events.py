@@ -45,6 +45,22 @@ class Notice(Event):
 
 
 @dataclass(frozen=True)
+class ActorEvent(Notice):
+    """A Ray actor started collecting, was lost (process killed, machine gone) or replaced.
+
+    A Notice, so every display shows its ``message`` as a line; metrics.jsonl keeps
+    the fields.
+    """
+
+    step: int = 0
+    actor: int = 0  # the slot: a replacement takes the lost actor's slot and env indices
+    kind: str = "started"  # "started", "lost", "replaced"
+    pid: int | None = None
+    node: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class EpisodeEnd(Event):
     step: int
     env_index: int
@@ -92,7 +108,16 @@ class RunFinished(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
-    for cls in (RunStarted, Notice, EpisodeEnd, IterationStats, CheckpointSaved, Hint, RunFinished)
+    for cls in (
+        RunStarted,
+        Notice,
+        ActorEvent,
+        EpisodeEnd,
+        IterationStats,
+        CheckpointSaved,
+        Hint,
+        RunFinished,
+    )
 }
 
 

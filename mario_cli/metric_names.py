@@ -43,3 +43,8 @@ REPLAY_POLICY_LOSS = "replay/policy_loss"
 REPLAY_PRIORITY_SPREAD = "replay/priority_spread"
 REPLAY_SIZE = "replay/size"
 REPLAY_VALUE_LOSS = "replay/value_loss"
+
+# Ray actors (--actors ray)
+ACTORS_COUNT = "actors/count"  # actors delivering rollouts now
+ACTORS_LOST = "actors/lost"  # actors lost (and replaced) so far in this session
+ACTORS_FPS = "actors/fps_{}"  # steps/s of actor i's last rollout (its own time, not the wait)

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from mario_cli import metric_names as names
 from mario_cli.events import (
     CheckpointSaved,
     Event,
@@ -16,7 +17,7 @@ from mario_cli.events import (
     RunStarted,
 )
 
-GROUPS = ("rollout", "time", "train", "replay")
+GROUPS = ("rollout", "time", "train", "replay", "actors")
 
 
 def metrics_table(metrics: dict[str, float], title: str | None = None) -> Table:
@@ -95,7 +96,7 @@ class ConsoleSink:
     def _iteration(self, event: IterationStats) -> None:
         if self.quiet or self.progress is None:
             return
-        fps = event.metrics.get("time/fps", 0.0)
+        fps = event.metrics.get(names.TIME_FPS, 0.0)
         self.progress.update(self.task, completed=event.step, fps=f"{fps:,.0f}")
         self.progress.console.print(metrics_table(event.metrics))
 

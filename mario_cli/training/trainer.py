@@ -15,12 +15,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from mario_cli import __version__
+from mario_cli import metric_names as names
 from mario_cli.config import MarioConfig, to_toml
 from mario_cli.diagnostics import HintEngine
 from mario_cli.envs import VectorEnv
@@ -60,6 +61,9 @@ from mario_cli.training.device import (
 from mario_cli.training.optim import Optimiser
 from mario_cli.training.rollout import RolloutBatch, RolloutStorage
 
+if TYPE_CHECKING:
+    from mario_cli.training.ray_actors import RayCollector, RaySession
+
 Sink = Callable[[Event], None]
 EPISODE_WINDOW = 100  # rolling window of the rollout/* means, as in Stable-Baselines3
 
@@ -80,13 +84,13 @@ def rollout_metrics(episodes: list[dict[str, Any]], restarts: bool = False) -> d
     metrics: dict[str, float] = {}
     starts = stage_start_episodes(episodes)
     if starts:
-        metrics["rollout/ep_rew_mean"] = float(np.mean([e["return"] for e in starts]))
-        metrics["rollout/ep_len_mean"] = float(np.mean([e["length"] for e in starts]))
-        metrics["rollout/avg_max_x_pos"] = float(np.mean([e["max_x_pos"] for e in starts]))
-        metrics["rollout/clear_rate"] = float(np.mean([e["cleared"] for e in starts]))
+        metrics[names.ROLLOUT_EP_REW_MEAN] = float(np.mean([e["return"] for e in starts]))
+        metrics[names.ROLLOUT_EP_LEN_MEAN] = float(np.mean([e["length"] for e in starts]))
+        metrics[names.ROLLOUT_AVG_MAX_X_POS] = float(np.mean([e["max_x_pos"] for e in starts]))
+        metrics[names.ROLLOUT_CLEAR_RATE] = float(np.mean([e["cleared"] for e in starts]))
     if restarts and episodes:
-        metrics["rollout/restart_share"] = 1.0 - len(starts) / len(episodes)
-        metrics["rollout/frontier_x"] = float(max(e["max_x_pos"] for e in episodes))
+        metrics[names.ROLLOUT_RESTART_SHARE] = 1.0 - len(starts) / len(episodes)
+        metrics[names.ROLLOUT_FRONTIER_X] = float(max(e["max_x_pos"] for e in episodes))
     return metrics
 
 
@@ -188,6 +192,7 @@ class Trainer:
         self._started = False
         self._holds_run = False
         self._compile_guard: CompileGuard | None = None
+        self.ray: RaySession | None = None  # --actors ray: this run's use of the cluster
 
     # ----------------------------------------------------------------- events
     def _note(self, message: str) -> None:
@@ -220,7 +225,11 @@ class Trainer:
             self._note("this CPU has no native bfloat16 (AMX, AVX512-BF16): --amp is slower here")
         seed_everything(cfg.train.seed)
 
-        self.venv = VectorEnv(cfg.env, seed=cfg.train.seed)
+        if cfg.train.actors == "ray":
+            # The Ray actors step the envs; the learner needs one only for its spaces.
+            self.venv = VectorEnv(cfg.env, n_envs=1, seed=cfg.train.seed, mode="sync")
+        else:
+            self.venv = VectorEnv(cfg.env, seed=cfg.train.seed)
         threads = configure_threads(cfg.train.torch_threads)
         obs_space = self.venv.single_observation_space
         self.obs_shape = tuple(obs_space.shape)
@@ -235,6 +244,11 @@ class Trainer:
             self.policy.parameters(), cfg.algo, total_updates, self.device, amp_dtype, use_scaler
         )
         self.algorithm = build_algorithm(cfg, self.policy, self.optimiser, self.obs_shape)
+        if cfg.train.actors == "ray":
+            from mario_cli.training.ray_actors import RaySession
+
+            self.ray = RaySession.open(cfg, self.algorithm)  # before the run folder exists
+            self._note(self.ray.description)
         if replay_name(cfg) and cfg.model.recurrent != "none":
             self._note(
                 f"replay with the {cfg.model.recurrent} core: replayed steps are evaluated "
@@ -276,7 +290,7 @@ class Trainer:
                 backbone=self.backbone,
                 device=f"{self.device.type} ({threads} threads)",
                 env_id=cfg.env.env_id,
-                n_envs=cfg.env.n_envs,
+                n_envs=cfg.env.n_envs * (cfg.train.n_actors if self.ray else 1),
                 total_timesteps=cfg.train.total_timesteps,
                 start_step=self.global_step,
                 n_parameters=sum(p.numel() for p in self.policy.parameters()),
@@ -465,8 +479,19 @@ class Trainer:
         start_time, start_step = time.perf_counter(), self.global_step
         self.timer.owner = threading.get_ident()
         self.collector.reset(cfg.train.seed, self.policy, self.global_step)
-        background = None
-        if getattr(self.algorithm, "asynchronous", False) or cfg.algo.overlap_collection:
+        background: BackgroundCollector | RayCollector | None = None
+        if self.ray is not None:
+            from mario_cli.training.ray_actors import RayCollector
+
+            background = RayCollector(
+                cfg,
+                self.backbone,
+                self.device,
+                self.global_step,
+                lambda: self.control.stop_requested,
+                self.emit,
+            )
+        elif getattr(self.algorithm, "asynchronous", False) or cfg.algo.overlap_collection:
             storages = [self.storage] + [
                 RolloutStorage(cfg.algo.n_steps, cfg.env.n_envs, self.obs_shape, self.device)
                 for _ in range(2)
@@ -474,6 +499,7 @@ class Trainer:
             background = BackgroundCollector(
                 self.collector, self.policy, storages, lambda: self.control.stop_requested
             )
+        if background is not None:
             background.publish(self.policy, self.iteration)
             background.start()
         try:
@@ -489,7 +515,7 @@ class Trainer:
         next_save: int,
         start_time: float,
         start_step: int,
-        background: BackgroundCollector | None,
+        background: BackgroundCollector | RayCollector | None,
     ) -> RunFinished:
         cfg = self.cfg
         while self.global_step < total:
@@ -516,10 +542,11 @@ class Trainer:
             self.iteration += 1
             elapsed = time.perf_counter() - start_time
             metrics.update(self._rollout_metrics())
-            metrics["time/fps"] = (self.global_step - start_step) / max(elapsed, 1e-9)
-            metrics["time/iterations"] = self.iteration
-            metrics["time/total_timesteps"] = self.global_step
-            metrics["time/time_elapsed"] = elapsed
+            metrics.update(getattr(background, "metrics", dict)())  # actors/* of Ray actors
+            metrics[names.TIME_FPS] = (self.global_step - start_step) / max(elapsed, 1e-9)
+            metrics[names.TIME_ITERATIONS] = self.iteration
+            metrics[names.TIME_TOTAL_TIMESTEPS] = self.global_step
+            metrics[names.TIME_TIME_ELAPSED] = elapsed
             self.emit(IterationStats(self.global_step, self.iteration, total, metrics))
             self._report_compile_fallback()
             if self.on_iteration is not None:
@@ -590,7 +617,7 @@ class Trainer:
         # Judge only once the window holds enough stage-start episodes to mean something.
         if len(stage_start_episodes(self.episodes)) < min(20, EPISODE_WINDOW):
             return
-        score = metrics["rollout/clear_rate"] * 10_000 + metrics["rollout/avg_max_x_pos"]
+        score = metrics[names.ROLLOUT_CLEAR_RATE] * 10_000 + metrics[names.ROLLOUT_AVG_MAX_X_POS]
         if self.checkpoints.save_best(self._payload(with_optimiser=False), score):
             self.emit(CheckpointSaved(self.global_step, str(self.checkpoints.best_path), "best"))
 
@@ -607,3 +634,6 @@ class Trainer:
         if self.venv is not None:
             self.venv.close()
             self.venv = None
+        if self.ray is not None:
+            self.ray.close()
+            self.ray = None
