@@ -38,7 +38,7 @@ from mario_cli.config import (
 )
 from mario_cli.diagnostics import History, entropy_of, resume_command
 from mario_cli.errors import ConfigError, MarioError
-from mario_cli.events import EpisodeEnd, Hint
+from mario_cli.events import Episode, EpisodeEnd, Hint
 from mario_cli.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ __all__ = [
     "ConfigError",
     "CoreFactory",
     "EnvConfig",
+    "Episode",
     "EpisodeEnd",
     "Hint",
     "HintRule",

@@ -19,7 +19,15 @@ from typing import Any
 
 from mario_cli import metric_names as names
 from mario_cli.config import MarioConfig, UiConfig
-from mario_cli.events import CheckpointSaved, EpisodeEnd, Event, Hint, IterationStats, RunStarted
+from mario_cli.events import (
+    CheckpointSaved,
+    Episode,
+    EpisodeEnd,
+    Event,
+    Hint,
+    IterationStats,
+    RunStarted,
+)
 
 HintRule = Callable[["History", MarioConfig], list[Hint]]
 
@@ -135,7 +143,7 @@ class History:
     checkpoint: str | None = None  # the run's latest checkpoint, when one was saved
     steps: list[int] = field(default_factory=list)  # global step of each iteration
     metrics: list[dict[str, float]] = field(default_factory=list)  # one dict per iteration
-    episodes: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_EPISODES))
+    episodes: deque[Episode] = field(default_factory=lambda: deque(maxlen=MAX_EPISODES))
     # rollout/avg_max_x_pos by agent step, over ui.stall_progress_steps (HintEngine sizes it)
     max_x: StepWindow = field(default_factory=StepWindow)
 
@@ -147,7 +155,7 @@ class History:
         """The last ``n`` iterations' metrics, or [] while fewer than ``n`` were seen."""
         return self.metrics[-n:] if n > 0 and len(self.metrics) >= n else []
 
-    def recent_episodes(self, n: int) -> list[dict[str, Any]]:
+    def recent_episodes(self, n: int) -> list[Episode]:
         """The last ``n`` episodes, or [] while fewer than ``n`` ended."""
         return list(self.episodes)[-n:] if n > 0 and len(self.episodes) >= n else []
 
@@ -220,22 +228,14 @@ class HintEngine:
                 del self.history.steps[: -self.max_iterations]
             self.iterations += 1
 
-    def add_episode(self, episode: EpisodeEnd | Mapping[str, Any]) -> None:
-        # Hints judge stage-start episodes only: a frontier restart begins part-way in.
-        if isinstance(episode, EpisodeEnd) and episode.restart:
-            return
-        if isinstance(episode, Mapping) and episode.get("restart", False):
-            return
+    def add_episode(self, episode: Episode | EpisodeEnd) -> None:
         if isinstance(episode, EpisodeEnd):
-            episode = {
-                "return": episode.episode_return,
-                "length": episode.length,
-                "max_x_pos": episode.max_x_pos,
-                "cleared": episode.cleared,
-                "stage": episode.stage,
-            }
+            episode = episode.episode
+        # Hints judge stage-start episodes only: a frontier restart begins part-way in.
+        if episode.restart:
+            return
         with self._lock:
-            self.history.episodes.append(dict(episode))
+            self.history.episodes.append(episode)
 
     def set_checkpoint(self, path: str | Path) -> None:
         with self._lock:

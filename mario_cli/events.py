@@ -7,8 +7,36 @@ else, so the trainer never imports a UI library.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One finished episode, the one shape it has from the env to the sinks: the env's
+    ``info["episode"]``, the trainer's and the hints' rolling windows, and (with its
+    step and env) the ``EpisodeEnd`` event."""
+
+    episode_return: float
+    length: int
+    max_x_pos: int
+    cleared: bool
+    stage: str
+    restart: bool = False  # began from a saved state (frontier restarts), not the stage start
+    start_x: int = 0  # Mario's x when it began
+
+    def to_record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Episode:
+        """From :meth:`to_record`, or the plain dict of an older checkpoint."""
+        data = dict(record)
+        if "return" in data:
+            data["episode_return"] = data.pop("return")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
 
 
 @dataclass(frozen=True)
@@ -70,6 +98,30 @@ class EpisodeEnd(Event):
     cleared: bool
     stage: str
     restart: bool = False  # began from a saved state (frontier restarts), not the stage start
+
+    @classmethod
+    def of(cls, step: int, env_index: int, episode: Episode) -> EpisodeEnd:
+        return cls(
+            step,
+            env_index,
+            episode.episode_return,
+            episode.length,
+            episode.max_x_pos,
+            episode.cleared,
+            episode.stage,
+            episode.restart,
+        )
+
+    @property
+    def episode(self) -> Episode:
+        return Episode(
+            self.episode_return,
+            self.length,
+            self.max_x_pos,
+            self.cleared,
+            self.stage,
+            self.restart,
+        )
 
 
 @dataclass(frozen=True)

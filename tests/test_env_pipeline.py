@@ -77,10 +77,10 @@ def test_frame_skip_stops_at_episode_end(env_cfg: EnvConfig) -> None:
         if terminated:
             break
     episode = info["episode"]
-    assert episode["length"] == length
-    assert episode["cleared"] is False
-    assert 250 < episode["max_x_pos"] < 400  # the first goomba kills a Mario who only walks
-    assert episode["stage"] == "1-1"
+    assert episode.length == length
+    assert episode.cleared is False
+    assert 250 < episode.max_x_pos < 400  # the first goomba kills a Mario who only walks
+    assert episode.stage == "1-1"
     env.close()
 
 

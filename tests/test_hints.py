@@ -20,7 +20,7 @@ from mario_cli.diagnostics import (
     StepWindow,
     diagnose,
 )
-from mario_cli.events import CheckpointSaved, EpisodeEnd, Hint, IterationStats, RunStarted
+from mario_cli.events import CheckpointSaved, Episode, EpisodeEnd, Hint, IterationStats, RunStarted
 from mario_hints import RULES
 from mario_hints.rules import (
     entropy_collapsed,
@@ -67,9 +67,7 @@ def history_of(iterations: list[dict[str, float]], checkpoint: str | None = CKPT
 def episodes_at(xs: list[int], cleared: bool = False, stage: str = "1-1") -> History:
     history = history_of([healthy()])
     for x in xs:
-        history.episodes.append(
-            {"return": 10.0, "length": 300, "max_x_pos": x, "cleared": cleared, "stage": stage}
-        )
+        history.episodes.append(Episode(10.0, 300, x, cleared, stage))
     return history
 
 
@@ -362,13 +360,13 @@ def test_where_episodes_end_is_spread_or_per_stage() -> None:
         history.metrics.append({"rollout/avg_max_x_pos": x})
         history.max_x.add(i * 256, x)
     for x in range(150, 2150, 100):  # no two within ±16 px
-        history.episodes.append({"max_x_pos": x, "cleared": False, "stage": "1-1"})
+        history.episodes.append(Episode(0.0, 1, x, False, "1-1"))
     [hint] = progress_stalled(history, cfg)
     assert hint.message.endswith("clear rate 0%: more exploration may find a way further")
     assert "10,000 agent steps (best 700 before, 700 since)" in hint.message
     assert hint.command == "mario resume --init-model-path <checkpoint> --ent-coef 0.02"
     for stage in ["1-1", "1-2"] * 5:
-        history.episodes.append({"max_x_pos": 594, "cleared": False, "stage": stage})
+        history.episodes.append(Episode(0.0, 1, 594, False, stage))
     [hint] = progress_stalled(history, cfg)
     assert "the last 30 episodes end at x ≈ 594 on 1-1 (17%, the tall pipe), " in hint.message
     assert "x ≈ 594 on 1-2 (17%):" in hint.message

@@ -13,7 +13,7 @@ from mario_cli.config import EnvConfig, MarioConfig, load_config
 from mario_cli.envs import VectorEnv, make_env
 from mario_cli.errors import ConfigError
 from mario_cli.evaluation import load_agent
-from mario_cli.events import EpisodeEnd, Event, IterationStats
+from mario_cli.events import Episode, EpisodeEnd, Event, IterationStats
 from mario_cli.training.trainer import Trainer, rollout_metrics
 from mario_envs.restarts import ANNEAL_EPISODES, FrontierArchive, FrontierRestarts
 
@@ -116,8 +116,8 @@ def test_restore_starts_at_the_saved_x_and_pays_nothing_for_the_skipped_part() -
         if terminated or truncated:
             break
     episode = info["episode"]
-    assert episode["restart"] and episode["start_x"] == saved_x
-    assert episode["return"] == pytest.approx(total)
+    assert episode.restart and episode.start_x == saved_x
+    assert episode.episode_return == pytest.approx(total)
     # and gym-super-mario-bros' own x reward is resynced (stale, it would stay 0)
     raw = make_env(EnvConfig(reward_mode="raw", no_progress_terminate_steps=0))
     raw.reset(seed=0)
@@ -161,13 +161,13 @@ def test_restarts_aim_a_run_up_before_recent_deaths_and_stay_bounded() -> None:
     wrapper = restarts_of(env)
     env.reset(seed=0)
     first, episode = walk_right_episode(env)  # walking right, a Goomba ends it at ~296
-    assert not first["restart"] and not episode["restart"] and episode["start_x"] == START_X
-    death_bucket = episode["max_x_pos"] // cfg.restart_bucket_px
+    assert not first["restart"] and not episode.restart and episode.start_x == START_X
+    death_bucket = episode.max_x_pos // cfg.restart_bucket_px
     starts = []
     for _ in range(6):
         first, episode = walk_right_episode(env)
-        assert first["restart"] == episode["restart"]
-        starts.append(episode["start_x"] if episode["restart"] else None)
+        assert first["restart"] == episode.restart
+        starts.append(episode.start_x if episode.restart else None)
         assert len(wrapper.archive) <= 5
     restarted = [x for x in starts if x is not None]
     assert restarted, starts
@@ -188,13 +188,13 @@ def test_a_run_up_range_spreads_restarts_over_the_approach() -> None:
     wrapper = restarts_of(env)
     env.reset(seed=0)
     _, episode = walk_right_episode(env)
-    death_bucket = episode["max_x_pos"] // cfg.restart_bucket_px
+    death_bucket = episode.max_x_pos // cfg.restart_bucket_px
     assert {wrapper._draw_runup() for _ in range(200)} == set(range(2, 8))
     gaps = set()
     for _ in range(20):
         _, episode = walk_right_episode(env)
-        if episode["restart"]:
-            gaps.add(death_bucket - episode["start_x"] // cfg.restart_bucket_px)
+        if episode.restart:
+            gaps.add(death_bucket - episode.start_x // cfg.restart_bucket_px)
     assert gaps and all(2 <= gap <= 7 for gap in gaps), gaps
     assert len(gaps) >= 2, gaps  # not one fixed distance
     env.close()
@@ -225,26 +225,21 @@ def test_restarts_happen_inside_worker_processes() -> None:
                 episodes.append(infos[0]["episode"])
             if len(episodes) >= 4:
                 break
-    assert not episodes[0]["restart"]
-    assert any(e["restart"] and e["start_x"] > START_X for e in episodes[1:]), episodes
+    assert not episodes[0].restart
+    assert any(e.restart and e.start_x > START_X for e in episodes[1:]), episodes
 
 
 # ------------------------------------------------------- trainer metrics
-def episode(x: int, cleared: bool = False, restart: bool = False, ret: float = 1.0) -> dict:
-    return {
-        "return": ret,
-        "length": 10,
-        "max_x_pos": x,
-        "cleared": cleared,
-        "stage": "1-1",
-        "restart": restart,
-        "start_x": 300 if restart else START_X,
-    }
+def episode(x: int, cleared: bool = False, restart: bool = False, ret: float = 1.0) -> Episode:
+    start_x = 300 if restart else START_X
+    return Episode(ret, 10, x, cleared, "1-1", restart, start_x)
 
 
 def test_rollout_metrics_best_and_hints_come_from_stage_start_episodes_only() -> None:
     window = [episode(300, ret=2.0)] * 3 + [episode(3000, True, True, ret=50.0)] * 7
-    old = {k: v for k, v in episode(500).items() if k not in ("restart", "start_x")}
+    # An older checkpoint's episode record: a dict without the restart fields.
+    old_record = {"return": 1.0, "length": 10, "max_x_pos": 500, "cleared": False, "stage": "1-1"}
+    old = Episode.from_record(old_record)
     metrics = rollout_metrics([*window, old], restarts=True)
     assert metrics["rollout/avg_max_x_pos"] == pytest.approx((3 * 300 + 500) / 4)
     assert metrics["rollout/ep_rew_mean"] == pytest.approx(7 / 4)
@@ -277,7 +272,7 @@ def test_rollout_metrics_best_and_hints_come_from_stage_start_episodes_only() ->
     # hints see stage-start episodes only
     trainer.hints.observe(EpisodeEnd(1, 0, 50.0, 10, 3000, True, "1-1", restart=True))
     trainer.hints.observe(EpisodeEnd(2, 0, 1.0, 10, 300, False, "1-1"))
-    assert [e["max_x_pos"] for e in trainer.hints.history.episodes] == [300]
+    assert [e.max_x_pos for e in trainer.hints.history.episodes] == [300]
 
 
 # ---------------------------------------------- tiny runs: eval and resume
@@ -322,7 +317,7 @@ def test_eval_starts_at_the_stage_start_whatever_the_restart_settings(run_with_r
     env.reset(seed=0)
     for _ in range(4):  # walking right dies at the same Goomba: a restart would aim there
         first, episode = walk_right_episode(env)
-        assert first["x_pos"] == START_X and not first["restart"] and not episode["restart"]
+        assert first["x_pos"] == START_X and not first["restart"] and not episode.restart
     env.close()
 
 

@@ -111,7 +111,7 @@ def resume_and_watch(cfg: MarioConfig, checkpoint: Path) -> tuple[Trainer, dict[
     assert_same_tensors(trainer.optimiser.state_dict(), saved["optimiser"], "optimiser")
     assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
     assert (trainer.global_step, trainer.iteration) == (CHECKPOINT, 2)
-    assert list(trainer.episodes) == saved["episodes"]
+    assert [episode.to_record() for episode in trainer.episodes] == saved["episodes"]
 
     first: dict[str, Any] = {}
     update = trainer.algorithm.update
@@ -164,7 +164,7 @@ def test_a_resumed_recurrent_run_matches_the_uninterrupted_one(
     assert any(not torch.equal(saved[k], v) for k, v in final["model"].items())  # it learned
     assert_same_tensors(resumed.policy.state_dict(), final["model"], "final weights")
     assert_same_tensors(resumed.optimiser.state_dict(), final["optimiser"], "final optimiser")
-    assert list(resumed.episodes) == final["episodes"]
+    assert [episode.to_record() for episode in resumed.episodes] == final["episodes"]
 
 
 def test_a_resumed_per_run_restores_the_learner_and_starts_with_an_empty_replay(
@@ -178,4 +178,4 @@ def test_a_resumed_per_run_restores_the_learner_and_starts_with_an_empty_replay(
     assert first["replay"] == 0  # the straight run held CHECKPOINT transitions here
     assert len(resumed.algorithm.replay) == ROLLOUT
     # What does not depend on the replay still agrees: the step axis and the episodes.
-    assert list(resumed.episodes) == final["episodes"]
+    assert [episode.to_record() for episode in resumed.episodes] == final["episodes"]

@@ -69,7 +69,7 @@ def test_stalling_costs_the_stall_penalty_and_cuts_the_episode() -> None:
     assert len(steps) - 1 == 30  # cut exactly after 30 steps without a new best x
     assert truncated and not terminated
     assert info["reward_terms"]["no_progress"] == -1.0
-    assert info["episode"]["length"] == 30
+    assert info["episode"].length == 30
 
 
 def test_backward_penalty_and_milestones() -> None:

@@ -56,7 +56,7 @@ def test_autoreset_keeps_final_observation_and_episode_stats() -> None:
         info = infos[0]
         assert info["final_obs"].shape == (4, 84, 84)
         assert not np.array_equal(info["final_obs"], obs[0])  # obs is the new episode's
-        assert info["episode"]["length"] > 10
+        assert info["episode"].length > 10
         assert info["x_pos"] > 250
 
 

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 
 from mario_cli import metric_names as names
 from mario_cli.config import EnvConfig, MarioConfig
 from mario_cli.errors import MarioError
-from mario_cli.events import EpisodeEnd, IterationStats, RunFinished, RunStarted
+from mario_cli.events import Episode, EpisodeEnd, IterationStats, RunFinished, RunStarted
 from mario_cli.runs import create_run
 from mario_cli.sinks.jsonl import JsonlSink
 
@@ -118,6 +117,8 @@ def run_sb3_ppo(
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import SubprocVecEnv
 
+    from mario_cli.training.trainer import EPISODE_WINDOW, rollout_metrics
+
     cfg = classic_env_config(env_id)
     run = create_run(artifacts, run_name or f"sb3-ppo-{time.strftime('%Y%m%d-%H%M%S')}")
     sink = JsonlSink()
@@ -135,7 +136,7 @@ def run_sb3_ppo(
             n_parameters=0,
         )
     )
-    episodes: deque[dict[str, Any]] = deque(maxlen=100)
+    episodes: deque[Episode] = deque(maxlen=EPISODE_WINDOW)
     deadline = time.monotonic() + minutes * 60 if minutes else None
     start = time.perf_counter()
 
@@ -145,17 +146,7 @@ def run_sb3_ppo(
                 episode = info.get("mario_episode")
                 if episode is not None:
                     episodes.append(episode)
-                    sink(
-                        EpisodeEnd(
-                            self.num_timesteps,
-                            index,
-                            float(episode["return"]),
-                            int(episode["length"]),
-                            int(episode["max_x_pos"]),
-                            bool(episode["cleared"]),
-                            str(episode["stage"]),
-                        )
-                    )
+                    sink(EpisodeEnd.of(self.num_timesteps, index, episode))
             return deadline is None or time.monotonic() < deadline
 
         def _on_rollout_end(self) -> None:
@@ -165,12 +156,7 @@ def run_sb3_ppo(
                 names.TIME_TIME_ELAPSED: elapsed,
                 names.TIME_FPS: self.num_timesteps / max(elapsed, 1e-9),
             }
-            if episodes:
-                metrics[names.ROLLOUT_AVG_MAX_X_POS] = float(
-                    np.mean([e["max_x_pos"] for e in episodes])
-                )
-                metrics[names.ROLLOUT_EP_REW_MEAN] = float(np.mean([e["return"] for e in episodes]))
-                metrics[names.ROLLOUT_CLEAR_RATE] = float(np.mean([e["cleared"] for e in episodes]))
+            metrics.update(rollout_metrics(list(episodes)))
             sink(IterationStats(self.num_timesteps, self.n_calls, total_timesteps, metrics))
 
     torch.manual_seed(seed)
@@ -187,8 +173,7 @@ def run_sb3_ppo(
         venv.close()
     elapsed = time.perf_counter() - start
     summary = {"global_step": float(steps), "sps": steps / elapsed}
-    if episodes:
-        summary[names.ROLLOUT_AVG_MAX_X_POS] = float(np.mean([e["max_x_pos"] for e in episodes]))
+    summary.update(rollout_metrics(list(episodes)))
     sink(RunFinished(steps, "finished", "budget reached", None, None, summary))
     sink.close()
     return summary

@@ -9,11 +9,12 @@ import gymnasium as gym
 from mario_cli.config import EnvConfig
 from mario_cli.envs.core import MarioCore
 from mario_cli.envs.stages import StageSpec, action_bytes, parse_env_id, stage_spec
+from mario_cli.events import Episode
 
 
 class EpisodeStats(gym.Wrapper):
-    """Adds ``info["episode"]`` (return, length, max_x_pos, cleared, stage, restart,
-    start_x) at episode end; ``restart`` marks an episode started from a saved state."""
+    """Adds ``info["episode"]``, an :class:`~mario_cli.events.Episode`, at episode end;
+    its ``restart`` marks an episode started from a saved state."""
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
@@ -35,15 +36,15 @@ class EpisodeStats(gym.Wrapper):
         self._return += reward
         self._length += 1
         if terminated or truncated:
-            info["episode"] = {
-                "return": self._return,
-                "length": self._length,
-                "max_x_pos": int(info["max_x_pos"]),
-                "cleared": bool(info["flag_get"]),
-                "stage": info["stage_name"],
-                "restart": self._restart,
-                "start_x": self._start_x,
-            }
+            info["episode"] = Episode(
+                episode_return=float(self._return),
+                length=self._length,
+                max_x_pos=int(info["max_x_pos"]),
+                cleared=bool(info["flag_get"]),
+                stage=str(info["stage_name"]),
+                restart=self._restart,
+                start_x=self._start_x,
+            )
         return obs, reward, terminated, truncated, info
 
 

@@ -29,6 +29,7 @@ from mario_cli.envs.stages import action_names
 from mario_cli.errors import CheckpointError, MarioError, NonFiniteLossError
 from mario_cli.events import (
     CheckpointSaved,
+    Episode,
     EpisodeEnd,
     Event,
     Hint,
@@ -68,12 +69,12 @@ Sink = Callable[[Event], None]
 EPISODE_WINDOW = 100  # rolling window of the rollout/* means, as in Stable-Baselines3
 
 
-def stage_start_episodes(episodes: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def stage_start_episodes(episodes: Iterable[Episode]) -> list[Episode]:
     """The episodes that began at the stage start (not from a frontier restart)."""
-    return [e for e in episodes if not e.get("restart", False)]
+    return [e for e in episodes if not e.restart]
 
 
-def rollout_metrics(episodes: list[dict[str, Any]], restarts: bool = False) -> dict[str, float]:
+def rollout_metrics(episodes: list[Episode], restarts: bool = False) -> dict[str, float]:
     """The ``rollout/*`` means over the episode window.
 
     Return, length, max x and clear rate come from stage-start episodes only: a
@@ -84,13 +85,13 @@ def rollout_metrics(episodes: list[dict[str, Any]], restarts: bool = False) -> d
     metrics: dict[str, float] = {}
     starts = stage_start_episodes(episodes)
     if starts:
-        metrics[names.ROLLOUT_EP_REW_MEAN] = float(np.mean([e["return"] for e in starts]))
-        metrics[names.ROLLOUT_EP_LEN_MEAN] = float(np.mean([e["length"] for e in starts]))
-        metrics[names.ROLLOUT_AVG_MAX_X_POS] = float(np.mean([e["max_x_pos"] for e in starts]))
-        metrics[names.ROLLOUT_CLEAR_RATE] = float(np.mean([e["cleared"] for e in starts]))
+        metrics[names.ROLLOUT_EP_REW_MEAN] = float(np.mean([e.episode_return for e in starts]))
+        metrics[names.ROLLOUT_EP_LEN_MEAN] = float(np.mean([e.length for e in starts]))
+        metrics[names.ROLLOUT_AVG_MAX_X_POS] = float(np.mean([e.max_x_pos for e in starts]))
+        metrics[names.ROLLOUT_CLEAR_RATE] = float(np.mean([e.cleared for e in starts]))
     if restarts and episodes:
         metrics[names.ROLLOUT_RESTART_SHARE] = 1.0 - len(starts) / len(episodes)
-        metrics[names.ROLLOUT_FRONTIER_X] = float(max(e["max_x_pos"] for e in episodes))
+        metrics[names.ROLLOUT_FRONTIER_X] = float(max(e.max_x_pos for e in episodes))
     return metrics
 
 
@@ -182,7 +183,7 @@ class Trainer:
         self.on_iteration = on_iteration
         self.global_step = 0
         self.iteration = 0
-        self.episodes: deque[dict[str, Any]] = deque(maxlen=EPISODE_WINDOW)
+        self.episodes: deque[Episode] = deque(maxlen=EPISODE_WINDOW)
         self.run: RunPaths | None = None
         self.venv: VectorEnv | None = None
         self.timer = PhaseTimer()
@@ -321,7 +322,7 @@ class Trainer:
         else:
             self.optimiser.load_state_dict(state["optimiser"])
             self.algorithm.load_state_dict(state.get("algorithm", {}))
-        self.episodes.extend(state.get("episodes", []))
+        self.episodes.extend(Episode.from_record(e) for e in state.get("episodes", []))
         restore_rng_state(state["rng"])
         self._truncate_logs(self.global_step)
 
@@ -381,7 +382,7 @@ class Trainer:
             "backbone": self.backbone,
             "mario_version": __version__,
             "run_name": self.run.name,
-            "episodes": list(self.episodes),
+            "episodes": [episode.to_record() for episode in self.episodes],
             "rng": capture_rng_state(),
         }
         if with_optimiser:
@@ -597,18 +598,7 @@ class Trainer:
     def _record_episodes(self, batch: RolloutBatch) -> None:
         for step, index, episode in batch.episodes:
             self.episodes.append(episode)
-            self.emit(
-                EpisodeEnd(
-                    step=step,
-                    env_index=index,
-                    episode_return=float(episode["return"]),
-                    length=int(episode["length"]),
-                    max_x_pos=int(episode["max_x_pos"]),
-                    cleared=bool(episode["cleared"]),
-                    stage=str(episode["stage"]),
-                    restart=bool(episode.get("restart", False)),
-                )
-            )
+            self.emit(EpisodeEnd.of(step, index, episode))
 
     def _rollout_metrics(self) -> dict[str, float]:
         return rollout_metrics(list(self.episodes), self.cfg.env.restart_share > 0)

@@ -10,7 +10,7 @@ from collections import Counter
 from statistics import median
 from typing import Any
 
-from mario_cli.api import Hint, History, MarioConfig, entropy_of, resume_command
+from mario_cli.api import Episode, Hint, History, MarioConfig, entropy_of, resume_command
 from mario_cli.api import metric_names as names
 
 # Where agents commonly get stuck, by stage: (x position, what is there). On 1-1 a
@@ -150,14 +150,14 @@ def progress_plateau(history: History, cfg: MarioConfig) -> list[Hint]:
     """Most of the last ``plateau_episodes`` episodes end at the same x, none clears."""
     ui = cfg.ui
     episodes = history.recent_episodes(ui.plateau_episodes)
-    if not episodes or any(e.get("cleared") for e in episodes):
+    if not episodes or any(e.cleared for e in episodes):
         return []
-    xs = [int(e["max_x_pos"]) for e in episodes]
+    xs = [e.max_x_pos for e in episodes]
     x = int(median(xs))
     near = sum(abs(value - x) <= ui.plateau_tolerance for value in xs)
     if near < ui.plateau_share * len(xs):
         return []
-    stage = Counter(str(e.get("stage", "?")) for e in episodes).most_common(1)[0][0]
+    stage = Counter(e.stage for e in episodes).most_common(1)[0][0]
     where = f"x ~ {x} on {stage}"
     for what in _obstacles(stage, x, ui.plateau_tolerance):
         where += f" ({what})"
@@ -203,7 +203,7 @@ def progress_stalled(history: History, cfg: MarioConfig) -> list[Hint]:
     episodes = list(history.episodes)[-RECENT_EPISODES:]
     clear_rate = history.metrics[-1].get(names.ROLLOUT_CLEAR_RATE) if history.metrics else None
     if clear_rate is None and episodes:
-        clear_rate = sum(bool(e.get("cleared")) for e in episodes) / len(episodes)
+        clear_rate = sum(e.cleared for e in episodes) / len(episodes)
     if clear_rate is not None and clear_rate >= CLEARS_MOST:
         return []
     message = (
@@ -233,16 +233,14 @@ def _stall_lever(cfg: MarioConfig) -> tuple[list[str], str]:
     return [f"--ent-coef {_more(cfg.algo.ent_coef):g}"], "more exploration"
 
 
-def _where_episodes_end(episodes: list[dict[str, Any]], tolerance: int, top: int = 3) -> str:
+def _where_episodes_end(episodes: list[Episode], tolerance: int, top: int = 3) -> str:
     """'the last 100 episodes end at x ≈ 594 on 1-1 (42%, the tall pipe), ...'.
 
     Greedy clusters of the non-cleared episodes' max x: the x with the most episodes
     within ±``tolerance`` px, then the next among the rest; shares are of all episodes.
     """
-    stages = {str(e.get("stage", "?")) for e in episodes}
-    left = [
-        (str(e.get("stage", "?")), int(e["max_x_pos"])) for e in episodes if not e.get("cleared")
-    ]
+    stages = {e.stage for e in episodes}
+    left = [(e.stage, e.max_x_pos) for e in episodes if not e.cleared]
 
     def near(center: tuple[str, int], end: tuple[str, int]) -> bool:
         return end[0] == center[0] and abs(end[1] - center[1]) <= tolerance
