@@ -36,7 +36,7 @@ from mario_cli.config import (
     ReplayConfig,
     UiConfig,
 )
-from mario_cli.diagnostics import History, entropy_of, resume_command
+from mario_cli.diagnostics import History, entropy_of, retry_command
 from mario_cli.errors import ConfigError, MarioError
 from mario_cli.events import Episode, EpisodeEnd, Hint
 from mario_cli.hookspecs import hookimpl
@@ -86,7 +86,7 @@ __all__ = [
     "entropy_of",
     "hookimpl",
     "metric_names",
-    "resume_command",
+    "retry_command",
 ]
 
 _LAZY = {

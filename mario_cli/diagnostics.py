@@ -160,8 +160,10 @@ class History:
         return list(self.episodes)[-n:] if n > 0 and len(self.episodes) >= n else []
 
 
-def resume_command(history: History, cfg: MarioConfig, flags: Iterable[str]) -> str:
-    """A ``mario resume --init-model-path ...`` line to paste, with the given extra flags."""
+def retry_command(history: History, cfg: MarioConfig, flags: Iterable[str]) -> str:
+    """The line a hint suggests: a new run from the latest checkpoint's weights with
+    ``flags`` changed (``mario resume --init-model-path ...``). Not the trainer's
+    ``resume_command``, which continues the same run."""
     # The placeholder stays unquoted so the user sees what to replace.
     checkpoint = shlex.quote(history.checkpoint) if history.checkpoint else CHECKPOINT_PLACEHOLDER
     parts = ["mario resume --init-model-path", checkpoint]

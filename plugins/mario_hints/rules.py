@@ -10,7 +10,7 @@ from collections import Counter
 from statistics import median
 from typing import Any
 
-from mario_cli.api import Episode, Hint, History, MarioConfig, entropy_of, resume_command
+from mario_cli.api import Episode, Hint, History, MarioConfig, entropy_of, retry_command
 from mario_cli.api import metric_names as names
 
 # Where agents commonly get stuck, by stage: (x position, what is there). On 1-1 a
@@ -60,7 +60,7 @@ def updates_stalled(history: History, cfg: MarioConfig) -> list[Hint]:
             "bad",
             f"the policy has stopped changing: approx_kl ~ 0, clip_fraction = 0 and policy "
             f"loss ~ 0 for {ui.stall_iterations} iterations (advantages or learning rate ~ 0)",
-            resume_command(history, cfg, flags),
+            retry_command(history, cfg, flags),
         )
     ]
 
@@ -84,7 +84,7 @@ def entropy_collapsed(history: History, cfg: MarioConfig) -> list[Hint]:
             "bad",
             f"policy entropy is {entropy:.3g} nats (< {ui.entropy_bad:g}) for "
             f"{ui.entropy_iterations} iterations: the agent no longer explores",
-            resume_command(history, cfg, [f"--ent-coef {_more(cfg.algo.ent_coef):g}"]),
+            retry_command(history, cfg, [f"--ent-coef {_more(cfg.algo.ent_coef):g}"]),
         )
     ]
 
@@ -112,7 +112,7 @@ def kl_too_large(history: History, cfg: MarioConfig) -> list[Hint]:
             "warn",
             f"approx_kl is {kl:.3g} (> {ui.kl_bad:g}) for {ui.kl_iterations} iterations: "
             "each update moves the policy too far",
-            resume_command(history, cfg, flags),
+            retry_command(history, cfg, flags),
         )
     ]
 
@@ -141,7 +141,7 @@ def value_not_learning(history: History, cfg: MarioConfig) -> list[Hint]:
             f"explained_variance has stayed within ±{ui.explained_variance_zero:g} of 0 for "
             f"{ui.explained_variance_iterations} iterations: the value head predicts returns "
             "no better than a constant",
-            resume_command(history, cfg, flags) if flags else None,
+            retry_command(history, cfg, flags) if flags else None,
         )
     ]
 
@@ -172,7 +172,7 @@ def progress_plateau(history: History, cfg: MarioConfig) -> list[Hint]:
                 "progress-plateau",
                 "warn",
                 f"{stuck}; try {what}",
-                resume_command(history, cfg, flags),
+                retry_command(history, cfg, flags),
             )
         ]
     penalty = env.stall_penalty
@@ -187,7 +187,7 @@ def progress_plateau(history: History, cfg: MarioConfig) -> list[Hint]:
             "progress-plateau",
             "warn",
             f"{stuck}; reward progress, penalise standing still and allow jumping",
-            resume_command(history, cfg, flags),
+            retry_command(history, cfg, flags),
         )
     ]
 
@@ -219,7 +219,7 @@ def progress_stalled(history: History, cfg: MarioConfig) -> list[Hint]:
     else:
         message += f": {lever} may find a way further"
     return [
-        Hint(history.step, "progress-stalled", "warn", message, resume_command(history, cfg, flags))
+        Hint(history.step, "progress-stalled", "warn", message, retry_command(history, cfg, flags))
     ]
 
 
