@@ -479,7 +479,8 @@ class Trainer:
         next_save = (self.global_step // cfg.train.save_freq + 1) * cfg.train.save_freq
         start_time, start_step = time.perf_counter(), self.global_step
         self.timer.owner = threading.get_ident()
-        self.collector.reset(cfg.train.seed, self.policy, self.global_step)
+        with self.timer("env_wait"):  # the first observations come from the envs' reset
+            self.collector.reset(cfg.train.seed, self.policy, self.global_step)
         background: BackgroundCollector | RayCollector | None = None
         if self.ray is not None:
             from mario_cli.training.ray_actors import RayCollector
@@ -560,7 +561,8 @@ class Trainer:
                     self.save("manual")
                 self._maybe_save_best(metrics)
 
-        path = self.checkpoints.save_final(self._payload())
+        with self.timer("logging"):  # as the periodic saves are
+            path = self.checkpoints.save_final(self._payload())
         self.emit(CheckpointSaved(self.global_step, str(path), "final"))
         return RunFinished(
             self.global_step,
