@@ -131,7 +131,7 @@ class FrontierRestarts(gym.Wrapper):
         self.share = float(cfg.restart_share)
         self.enabled = self.share > 0 and self._core is not None
         self.runup = int(cfg.restart_runup_buckets)
-        self.runup_max = max(self.runup, int(getattr(cfg, "restart_runup_max_buckets", 0)))
+        self.runup_max = max(self.runup, int(cfg.restart_runup_max_buckets))
         self.archive = FrontierArchive(
             cfg.restart_bucket_px, cfg.restart_states_per_bucket, cfg.restart_max_states
         )
