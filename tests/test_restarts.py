@@ -67,6 +67,25 @@ def test_archive_evicts_from_the_fullest_stage_furthest_behind_the_frontier() ->
     assert archive.buckets("a") == {1: 1, 2: 1, 3: 2}
 
 
+def test_archive_keeps_the_approach_to_where_episodes_end() -> None:
+    """The failure measured at 150k steps: one long episode must not push out the pit's run-up."""
+    archive = FrontierArchive(bucket_px=32, per_bucket=2, max_states=20, runup=(1, 8))
+    rng = np.random.default_rng(0)
+    for episode in range(30):  # most episodes die at the first pit (x 1130, bucket 35)
+        for x in range(48, 1130 - 8 * 10, 32):  # SAFE_STEPS: the last few never get kept
+            archive.add("1-1", x, (episode, x))
+        archive.record_end("1-1", 1130)
+    for x in range(48, 3150, 32):  # a rare one reaches bucket 98
+        archive.add("1-1", x, ("far", x))
+    archive.record_end("1-1", 3150)
+    kept = archive.buckets("1-1")
+    assert len(archive) == 20
+    assert all(27 <= b <= 34 for b in kept if b < 90), kept  # the pit's approach stays
+    assert archive.demand("1-1")[30] == 30 and archive.demand("1-1")[50] == 0
+    starts = [archive.aim("1-1", rng) for _ in range(200)]
+    assert sum(s is not None and s[1] < 1130 for s in starts) > 150  # nearly every aim lands
+
+
 def test_archive_picks_the_highest_bucket_at_or_before_the_target() -> None:
     archive = FrontierArchive(bucket_px=32, per_bucket=1, max_states=10)
     rng = np.random.default_rng(0)
@@ -189,7 +208,8 @@ def test_a_run_up_range_spreads_restarts_over_the_approach() -> None:
     env.reset(seed=0)
     _, episode = walk_right_episode(env)
     death_bucket = episode.max_x_pos // cfg.restart_bucket_px
-    assert {wrapper._draw_runup() for _ in range(200)} == set(range(2, 8))
+    rng = np.random.default_rng(0)
+    assert {wrapper.archive.draw_runup(rng) for _ in range(200)} == set(range(2, 8))
     gaps = set()
     for _ in range(20):
         _, episode = walk_right_episode(env)

@@ -19,7 +19,8 @@ explore"; Salimans & Chen's backward curriculum).
 - What is kept: a state is saved when Mario first enters a bucket in an episode and
   kept only if he lives ``SAFE_STEPS`` more steps (states that lead straight into
   a death are useless starts); the newest ``restart_states_per_bucket`` per bucket,
-  at most ``restart_max_states`` in all (each ~256 KB). Snapshots are native objects
+  at most ``restart_max_states`` in all (each ~256 KB), evicting first the buckets
+  that no recent end's run-up covers. Snapshots are native objects
   that cannot be pickled: the archive lives in its env worker and is rebuilt, not
   saved, when a run resumes.
 
@@ -34,7 +35,7 @@ With ``restart_share = 0`` the wrapper passes everything through untouched.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Hashable
 from typing import Any
 
@@ -49,24 +50,38 @@ ENDS_KEPT = 32  # recent death / cut x per stage that restarts aim at
 
 
 class FrontierArchive:
-    """Saved states by stage and x bucket, bounded in count.
+    """Saved states by stage and x bucket, bounded in count, kept where restarts aim.
 
     Each bucket keeps its newest ``per_bucket`` states (they follow the current
-    policy; a weaker policy's states age out). Past ``max_states`` in all, a state
-    goes from the stage holding the most, from its fullest bucket, the lowest x of
-    those (furthest behind the frontier), the oldest first. Bucket 0 is never kept:
-    a restart there would skip nothing.
+    policy; a weaker policy's states age out). The archive also keeps each stage's
+    last ``ENDS_KEPT`` episode ends (the x a death or cut came at), since restarts aim
+    a run-up of ``runup`` buckets (a ``(low, high)`` range) before one of them.
+    Past ``max_states`` in all, a state goes from the stage holding the most, from
+    the bucket fewest recent ends aim at, then the fullest, then the lowest x, the
+    oldest first. Aim decides before position because the states worth keeping are
+    the approach to where episodes die: a rare long episode fills many buckets past
+    the frontier, and evicting "furthest behind" first would drop exactly the
+    approach (measured: after 150k steps the archive held buckets 35-98, one state
+    each, and restarts aimed at the first pit, bucket 35, found nothing to start
+    from, so 0.46 of the episodes restarted early on and 0.07 at the end).
+    Bucket 0 is never kept: a restart there would skip nothing.
     """
 
-    def __init__(self, bucket_px: int, per_bucket: int, max_states: int) -> None:
+    def __init__(
+        self, bucket_px: int, per_bucket: int, max_states: int, runup: tuple[int, int] = (3, 3)
+    ) -> None:
         if bucket_px < 1 or per_bucket < 1 or max_states < 1:
             raise ValueError("bucket width, states per bucket and max states must be >= 1")
+        if not 0 <= runup[0] <= runup[1]:
+            raise ValueError("the run-up range must be 0 <= low <= high")
         self.bucket_px = bucket_px
         self.per_bucket = per_bucket
         self.max_states = max_states
+        self.runup = runup
         self._stages: dict[Hashable, dict[int, deque[Any]]] = {}
         self._counts: dict[Hashable, int] = {}
         self._count = 0
+        self._ends: dict[Hashable, deque[int]] = {}
 
     def __len__(self) -> int:
         return self._count
@@ -77,6 +92,25 @@ class FrontierArchive:
     def buckets(self, stage: Hashable) -> dict[int, int]:
         """Bucket -> number of states kept, for one stage."""
         return {b: len(s) for b, s in sorted(self._stages.get(stage, {}).items())}
+
+    def record_end(self, stage: Hashable, x: int) -> None:
+        """An episode (or life) of ``stage`` ended at ``x``: restarts aim before it."""
+        self._ends.setdefault(stage, deque(maxlen=ENDS_KEPT)).append(int(x))
+
+    def ends(self, stage: Hashable) -> list[int]:
+        return list(self._ends.get(stage, ()))
+
+    def stages_with_ends(self) -> list[Hashable]:
+        return [stage for stage, ends in self._ends.items() if ends]
+
+    def demand(self, stage: Hashable) -> Counter[int]:
+        """Bucket -> how many recent ends of ``stage`` have it in their run-up range."""
+        low, high = self.runup
+        counts: Counter[int] = Counter()
+        for x in self._ends.get(stage, ()):
+            end = self.bucket(x)
+            counts.update(range(max(end - high, 0), end - low + 1))
+        return counts
 
     def add(self, stage: Hashable, x: int, state: Any) -> None:
         bucket = self.bucket(x)
@@ -95,7 +129,8 @@ class FrontierArchive:
     def _evict(self) -> None:
         stage = max(self._counts, key=self._counts.__getitem__)
         buckets = self._stages[stage]
-        bucket = min(buckets, key=lambda b: (-len(buckets[b]), b))
+        demand = self.demand(stage)
+        bucket = min(buckets, key=lambda b: (demand[b], -len(buckets[b]), b))
         buckets[bucket].popleft()
         if not buckets[bucket]:
             del buckets[bucket]
@@ -103,6 +138,24 @@ class FrontierArchive:
         self._count -= 1
         if not self._counts[stage]:
             del self._counts[stage], self._stages[stage]
+
+    def draw_runup(self, rng: np.random.Generator) -> int:
+        """Buckets between the aimed-at end and the start: fixed, or drawn from the range.
+
+        A fixed run-up starts every restart at the same distance, which can lie past
+        the step that decides a hazard (a jump timed several steps early); a range
+        also covers the approach.
+        """
+        low, high = self.runup
+        return low if low == high else int(rng.integers(low, high + 1))
+
+    def aim(self, stage: Hashable, rng: np.random.Generator) -> Any | None:
+        """A state a run-up before one of the stage's recent ends, or None."""
+        ends = self._ends.get(stage)
+        if not ends:
+            return None
+        end_x = ends[int(rng.integers(len(ends)))]
+        return self.pick(stage, self.bucket(end_x) - self.draw_runup(rng), rng)
 
     def pick(self, stage: Hashable, max_bucket: int, rng: np.random.Generator) -> Any | None:
         """A state from the highest bucket <= ``max_bucket`` of ``stage``, or None."""
@@ -130,14 +183,15 @@ class FrontierRestarts(gym.Wrapper):
         self._core = core if isinstance(core, MarioCore) else None
         self.share = float(cfg.restart_share)
         self.enabled = self.share > 0 and self._core is not None
-        self.runup = int(cfg.restart_runup_buckets)
-        self.runup_max = max(self.runup, int(cfg.restart_runup_max_buckets))
+        runup = int(cfg.restart_runup_buckets)
+        # Archive keys are (stage label, world, stage): a whole-game env plays many stages.
         self.archive = FrontierArchive(
-            cfg.restart_bucket_px, cfg.restart_states_per_bucket, cfg.restart_max_states
+            cfg.restart_bucket_px,
+            cfg.restart_states_per_bucket,
+            cfg.restart_max_states,
+            runup=(runup, max(runup, int(cfg.restart_runup_max_buckets))),
         )
         self._rng = np.random.default_rng()
-        # Keyed by (stage label, world, stage): a whole-game env plays many stages.
-        self._ends: dict[tuple[str, int, int], deque[int]] = {}
         self._clears: dict[str, deque[bool]] = {}
         self._pending: deque[tuple[int, tuple[str, int, int], int, Any]] = deque()
         self._restart = False
@@ -178,24 +232,10 @@ class FrontierRestarts(gym.Wrapper):
         label = specs[int(self._rng.integers(len(specs)))].label
         if self._rng.random() >= self.restart_probability(label):
             return None
-        keys = [key for key, ends in self._ends.items() if key[0] == label and ends]
+        keys = [key for key in self.archive.stages_with_ends() if key[0] == label]
         if not keys:
             return None
-        key = keys[int(self._rng.integers(len(keys)))]
-        ends = self._ends[key]
-        end_x = ends[int(self._rng.integers(len(ends)))]
-        return self.archive.pick(key, self.archive.bucket(end_x) - self._draw_runup(), self._rng)
-
-    def _draw_runup(self) -> int:
-        """Buckets between the aimed-at end and the start: fixed, or drawn from a range.
-
-        A fixed run-up starts every restart at the same distance, which can lie past
-        the step that decides a hazard (a jump timed several steps early); a range
-        also covers the approach.
-        """
-        if self.runup_max == self.runup:
-            return self.runup
-        return int(self._rng.integers(self.runup, self.runup_max + 1))
+        return self.archive.aim(keys[int(self._rng.integers(len(keys)))], self._rng)
 
     def _begin_run(self, info: dict[str, Any]) -> None:
         """A new stretch of play: an episode, a stage of the whole game, or a new life."""
@@ -220,7 +260,7 @@ class FrontierRestarts(gym.Wrapper):
         self._run_max = max(self._run_max, x)
         died = (terminated and not info["flag_get"]) or int(info["life"]) < self._life
         if died or truncated:
-            self._ends.setdefault(self._key, deque(maxlen=ENDS_KEPT)).append(self._run_max)
+            self.archive.record_end(self._key, self._run_max)
         if terminated or truncated:
             if not died:  # the flag or a cut: what came before did not kill Mario
                 self._commit(self._steps)
