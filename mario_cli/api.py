@@ -15,9 +15,10 @@ hook                        registers                     contract
 ``register_hints``          stuck-agent diagnostic rules  :class:`HintRule`
 ==========================  ============================  ==========================
 
-Names that need torch or the emulator (``RolloutBatch``, ``Optimiser``, ``MarioCore``,
-``ActorCritic``, ``PolicyOutput``, ``NoisyLinear``) load on first use, so a plugin's
-``__init__`` can import this module without slowing ``mario --help``.
+Names that need torch or the emulator (``RolloutBatch``, ``GradientStepper``,
+``MarioCore``, ``ActorCritic``, ``PolicyOutput``, ``NoisyLinear``) load on first use, so
+a plugin's ``__init__`` can import this module without slowing ``mario --help``.
+``Optimiser`` is the old name of ``GradientStepper``, kept for one release.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from mario_cli.config import (
     AlgoConfig,
     ComponentSettings,
     EnvConfig,
+    HintsConfig,
     MarioConfig,
     ModelConfig,
     ReplayConfig,
+    SettingsConflict,
     UiConfig,
 )
 from mario_cli.diagnostics import History, entropy_of, retry_command
@@ -49,7 +52,7 @@ if TYPE_CHECKING:
     from mario_cli.envs.core import MarioCore
     from mario_cli.noisy import NoisyLinear
     from mario_cli.policy import ActorCritic, PolicyOutput
-    from mario_cli.training.optim import Optimiser
+    from mario_cli.training.optim import GradientStepper
     from mario_cli.training.rollout import RolloutBatch
 
 __all__ = [
@@ -65,15 +68,16 @@ __all__ = [
     "EnvConfig",
     "Episode",
     "EpisodeEnd",
+    "GradientStepper",
     "Hint",
     "HintRule",
+    "HintsConfig",
     "History",
     "MarioConfig",
     "MarioCore",
     "MarioError",
     "ModelConfig",
     "NoisyLinear",
-    "Optimiser",
     "PolicyOutput",
     "Register",
     "ReplayConfig",
@@ -81,6 +85,7 @@ __all__ = [
     "ReplaySample",
     "ReplayStrategy",
     "RolloutBatch",
+    "SettingsConflict",
     "UiConfig",
     "WrapperFactory",
     "entropy_of",
@@ -91,7 +96,7 @@ __all__ = [
 
 _LAZY = {
     "RolloutBatch": "mario_cli.training.rollout",
-    "Optimiser": "mario_cli.training.optim",
+    "GradientStepper": "mario_cli.training.optim",
     "MarioCore": "mario_cli.envs.core",
     "ActorCritic": "mario_cli.policy",
     "PolicyOutput": "mario_cli.policy",
@@ -99,7 +104,21 @@ _LAZY = {
 }
 
 
+# Old names, still importable for one release (with a warning): old name -> new name.
+_DEPRECATED = {"Optimiser": "GradientStepper"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED:
+        import warnings
+
+        new = _DEPRECATED[name]
+        warnings.warn(
+            f"mario_cli.api.{name} is now {new}; the old name goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        name = new
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -167,7 +186,7 @@ class AlgorithmFactory(Protocol):
         self,
         policy: ActorCritic,
         cfg: MarioConfig,
-        optimiser: Optimiser,
+        optimiser: GradientStepper,
         replay: ReplayStrategy | None = None,
     ) -> Algorithm: ...
 

@@ -20,7 +20,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -41,13 +40,16 @@ class ComponentSettings(BaseModel):
 
     A plugin passes its subclass to ``register(name, factory, settings=...)``; the keys
     then validate, show in ``mario config show``, and become ``--<name>-<key>`` flags
-    and ``MARIO_<SECTION>__<NAME>__<KEY>`` variables.
+    and ``MARIO_<SECTION>__<NAME>__<KEY>`` variables. A name with dashes
+    (``progress-plateau``) has its table under underscores (``[hints.progress_plateau]``),
+    so that it is a variable name too.
 
     - ``section_defaults``: defaults the component wants for keys of its section while
       it is the one in use (an algorithm's own rollout length); any layer that sets
       the key wins.
-    - ``legacy_keys``: old flat keys of the section that now live here (old name ->
-      own key); still read for one release, with a notice.
+    - ``legacy_keys``: old keys that now live here (old name -> own key), still read for
+      one release with a notice: a flat key of the section (``impala_channels``) or,
+      dotted, a key of another section (``ui.stall_iterations``).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -55,9 +57,53 @@ class ComponentSettings(BaseModel):
     section_defaults: ClassVar[dict[str, Any]] = {}
     legacy_keys: ClassVar[dict[str, str]] = {}
 
+    def check_section(self, section: BaseModel) -> None:
+        """Checks that need the other keys of the section (a wrapper's option that only
+        works while the wrapper is listed): raise :class:`SettingsConflict` naming the
+        own key at fault. Runs whenever the section is validated."""
 
-# Section -> component name -> its settings model, as the plugin host installed them.
+
+class SettingsConflict(ValueError):
+    """A component's key whose value the rest of its section rules out."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+        self.table = ""  # filled in by the section that ran the check
+
+
+# Section -> component table -> its settings model, as the plugin host installed them.
 _COMPONENTS: dict[str, dict[str, type[ComponentSettings]]] = {}
+
+# Keys the host itself moved or renamed: old "section.key" -> "section.key" now. Read for
+# one release with a notice, like the components' legacy_keys.
+HOST_MOVED_KEYS: dict[str, str] = {
+    "ui.ui": "ui.mode",
+    "ui.hint_cooldown": "hints.cooldown",
+    **{
+        f"ui.{key}": f"hints.{key}"
+        for key in (
+            "kl_warn",
+            "kl_bad",
+            "clip_fraction_warn",
+            "clip_fraction_bad",
+            "entropy_warn",
+            "entropy_bad",
+            "explained_variance_warn",
+            "explained_variance_bad",
+            "value_loss_warn",
+            "value_loss_bad",
+        )
+    },
+}
+
+# (section, old key) -> where its value lives now: (section, key) or (section, table, key).
+_MOVED: dict[tuple[str, str], tuple[str, ...]] = {}
+
+
+def table_name(component: str) -> str:
+    """The ``[<section>.<table>]`` name of a component: its name, dashes as underscores."""
+    return component.replace("-", "_")
 
 
 class Section(BaseModel):
@@ -77,31 +123,81 @@ class Section(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _route_legacy_keys(cls, data: Any) -> Any:
-        """Old flat keys now owned by a component go to its table (see ``legacy_keys``)."""
+        """Old keys of this section that moved within it go to their new place."""
         if not isinstance(data, dict):
             return data
-        routes = legacy_routes(section_name(cls))
-        if not any(key in data for key in routes):
-            return data
-        data = dict(data)
-        for old, (component, key) in routes.items():
-            if old in data:
-                value = data.pop(old)
-                table = data.get(component)
-                table = dict(table) if isinstance(table, dict) else {}
-                table.setdefault(key, value)
-                data[component] = table
-        return data
+        section = section_name(cls)
+        routes = {
+            old: new[1:]
+            for (where, old), new in _MOVED.items()
+            if where == section and new[0] == section and old in data
+        }
+        return _move_keys(data, routes) if routes else data
+
+    @model_validator(mode="after")
+    def _check_tables(self) -> Any:
+        for name in tables_of(section_name(type(self))):
+            table = self.__dict__.get(name)
+            if isinstance(table, ComponentSettings):
+                try:
+                    table.check_section(self)
+                except SettingsConflict as exc:
+                    exc.table = name
+                    raise
+        return self
 
     def settings_of(self, name: str) -> ComponentSettings:
         """The settings of component ``name`` of this section (its defaults if unset)."""
-        value = self.__dict__.get(name)
+        table = table_name(name)
+        value = self.__dict__.get(table)
         if isinstance(value, ComponentSettings):
             return value
-        model = components_of(section_name(type(self))).get(name)
+        model = components_of(section_name(type(self))).get(table)
         if model is None:
             raise ConfigError(f"component {name!r} has no settings in [{section_name(type(self))}]")
         return model()
+
+
+def _place(data: dict[str, Any], path: tuple[str, ...], value: Any) -> bool:
+    """Put ``value`` at ``path`` of ``data`` unless a value is there already, copying the
+    nested dicts on the way (the caller's stay as they were); False where a built model
+    stands in the way."""
+    node = data
+    for part in path[:-1]:
+        child = node.get(part, {})
+        if not isinstance(child, dict):
+            return False
+        child = dict(child)
+        node[part] = child
+        node = child
+    node.setdefault(path[-1], value)
+    return True
+
+
+def _move_keys(data: dict[str, Any], routes: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """A copy of ``data`` with each old key's value at its new path (within ``data``)."""
+    data = dict(data)
+    for old, path in routes.items():
+        if old in data and _place(data, path, data[old]):
+            del data[old]
+    return data
+
+
+def upgrade_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """A section-keyed config dict with every old key (``legacy_keys``, the host's moves)
+    at its new path; where both are given, the new one wins."""
+    ensure_components()
+    upgraded = dict(data)
+    for (section, old), path in _MOVED.items():
+        values = upgraded.get(section)
+        if not (isinstance(values, dict) and old in values):
+            continue
+        rest = dict(values)
+        value = rest.pop(old)
+        upgraded[section] = rest
+        if not _place(upgraded, path, value):
+            upgraded[section] = values  # left for validation to report
+    return upgraded
 
 
 class EnvConfig(Section):
@@ -135,52 +231,11 @@ class EnvConfig(Section):
         ],
         description="Registered wrappers applied in order on top of the core env.",
     )
+    # Stays here rather than in [env.reward]: it also decides what the core env reports
+    # as its reward (the env's own, or none for progress), with or without that wrapper.
     reward_mode: Literal["raw", "clip", "progress", "score"] = Field(
         "progress",
         description="raw: env reward; clip: its sign; progress: new-best-x shaping; score: score.",
-    )
-    progress_scale: float = Field(0.1, ge=0, description="Reward per pixel of new best x.")
-    death_penalty: float = Field(2.5, ge=0, description="Subtracted when Mario loses a life.")
-    flag_bonus: float = Field(5.0, ge=0, description="Added when Mario reaches the flag.")
-    stall_penalty: float = Field(
-        0.01, ge=0, description="Subtracted each step once x has not improved for stall_steps."
-    )
-    stall_steps: int = Field(50, ge=1, description="Steps without a new best x before stalling.")
-    backward_penalty_scale: float = Field(0.0, ge=0, description="Penalty per pixel moved left.")
-    milestone_bonus: float = Field(0.0, ge=0, description="Bonus at every milestone_every px.")
-    milestone_every: int = Field(500, ge=1, description="Pixels of new best x between milestones.")
-    no_progress_terminate_steps: int = Field(
-        300, ge=0, description="Truncate after this many steps without a new best x (0: never)."
-    )
-    no_progress_terminate_penalty: float = Field(
-        0.0, ge=0, description="Subtracted when an episode is cut for no progress."
-    )
-    score_scale: float = Field(0.1, ge=0, description="score mode: overall reward scale.")
-    score_divisor: float = Field(40.0, gt=0, description="score mode: in-game score per reward.")
-    restart_share: float = Field(
-        0.0,
-        ge=0,
-        le=0.9,
-        description="Share of training resets from a saved state near the frontier (0: off).",
-    )
-    restart_bucket_px: int = Field(
-        32, ge=8, le=1024, description="Restarts: width in px of the saved-state x buckets."
-    )
-    restart_runup_buckets: int = Field(
-        3, ge=0, le=64, description="Restarts: start this many buckets before the death x."
-    )
-    restart_runup_max_buckets: int = Field(
-        0,
-        ge=0,
-        le=64,
-        description="Restarts: if above restart_runup_buckets, the run-up is drawn uniformly "
-        "between the two (0: always restart_runup_buckets).",
-    )
-    restart_states_per_bucket: int = Field(
-        2, ge=1, le=64, description="Restarts: states kept per bucket (the newest)."
-    )
-    restart_max_states: int = Field(
-        64, ge=1, le=4096, description="Restarts: states kept per env (each ~256 KB of memory)."
     )
     n_envs: int = Field(8, ge=1, description="Parallel envs.")
     n_workers: int = Field(
@@ -189,17 +244,6 @@ class EnvConfig(Section):
     vector_mode: Literal["process", "sync"] = Field(
         "process", description="process: worker processes; sync: all envs in-process (debug)."
     )
-
-    @field_validator("restart_share")
-    @classmethod
-    def _restarts_wrapper(cls, share: float, info: ValidationInfo) -> float:
-        # Checked only where restart_share is set: old runs' saved configs lack it.
-        wrappers = info.data.get("wrappers", [])
-        if share > 0 and "restarts" not in wrappers:
-            raise ValueError(
-                'frontier restarts need "restarts" in env.wrappers (last, after frame_stack)'
-            )
-        return share
 
     @field_validator("stages")
     @classmethod
@@ -301,56 +345,30 @@ class TrainConfig(Section):
 
 
 class UiConfig(Section):
-    ui: Literal["auto", "tui", "plain", "quiet"] = Field(
+    mode: Literal["auto", "tui", "plain", "quiet"] = Field(
         "auto", description="Training display (auto: tui on a terminal, else plain)."
     )
+
+
+class HintsConfig(Section):
+    """The diagnostics panel's thresholds, which the hint rules share, and how often a
+    hint repeats; each built-in rule's own thresholds are its ``[hints.<rule>]`` table."""
+
     kl_warn: float = Field(0.05, ge=0, description="approx_kl above this is a warning.")
     kl_bad: float = Field(0.15, ge=0, description="approx_kl above this is bad.")
-    kl_iterations: int = Field(3, ge=1, description="Iterations above kl_bad before a hint.")
     clip_fraction_warn: float = Field(
         0.3, ge=0, description="clip_fraction above this is a warning."
     )
     clip_fraction_bad: float = Field(0.5, ge=0, description="clip_fraction above this is bad.")
     entropy_warn: float = Field(0.3, ge=0, description="Entropy (nats) below this is a warning.")
     entropy_bad: float = Field(0.1, ge=0, description="Entropy (nats) below this is bad.")
-    entropy_iterations: int = Field(
-        3, ge=1, description="Iterations below entropy_bad before a hint."
-    )
     explained_variance_warn: float = Field(
         0.2, description="explained_variance below this is a warning."
     )
     explained_variance_bad: float = Field(0.0, description="explained_variance below this is bad.")
-    explained_variance_zero: float = Field(
-        0.05, ge=0, description="|explained_variance| below this counts as near 0."
-    )
-    explained_variance_iterations: int = Field(
-        30, ge=1, description="Iterations of near-0 explained_variance before a hint."
-    )
     value_loss_warn: float = Field(2.0, ge=0, description="value_loss above this is a warning.")
     value_loss_bad: float = Field(10.0, ge=0, description="value_loss above this is bad.")
-    stall_iterations: int = Field(5, ge=1, description="Iterations of ~zero updates before a hint.")
-    stall_kl: float = Field(1e-5, ge=0, description="approx_kl below this counts as no update.")
-    stall_policy_loss: float = Field(
-        1e-4, ge=0, description="|policy_gradient_loss| below this counts as no update."
-    )
-    plateau_episodes: int = Field(50, ge=2, description="Episodes at the same max x before a hint.")
-    plateau_tolerance: int = Field(
-        16, ge=0, description="Pixels within which episodes' max x count as the same."
-    )
-    plateau_share: float = Field(
-        0.8, gt=0, le=1, description="Share of plateau_episodes that must end at that x."
-    )
-    stall_progress_steps: int = Field(
-        100_000,
-        ge=1,
-        description="Agent steps without avg_max_x_pos progress before a progress-stalled hint.",
-    )
-    stall_progress_margin: int = Field(
-        50,
-        ge=0,
-        description="Pixels the best rolling avg_max_x_pos must rise by to count as progress.",
-    )
-    hint_cooldown: int = Field(
+    cooldown: int = Field(
         50, ge=1, description="Iterations before a hint that keeps firing is shown again."
     )
 
@@ -381,6 +399,7 @@ SECTIONS: dict[str, type[Section]] = {
     "replay": ReplayConfig,
     "train": TrainConfig,
     "ui": UiConfig,
+    "hints": HintsConfig,
     "tune": TuneConfig,
 }
 
@@ -399,13 +418,42 @@ def components_of(section: str) -> dict[str, type[ComponentSettings]]:
     return _COMPONENTS.get(section, {})
 
 
-def legacy_routes(section: str) -> dict[str, tuple[str, str]]:
-    """Old flat key of ``section`` -> (component, key) where it lives now."""
-    return {
-        old: (name, new)
-        for name, model in _COMPONENTS.get(section, {}).items()
-        for old, new in model.legacy_keys.items()
-    }
+def moved_keys() -> dict[tuple[str, str], tuple[str, ...]]:
+    """Every old key still read: (section, old key) -> its path now, (section, key) or
+    (section, table, key); the host's moves and the components' ``legacy_keys``."""
+    ensure_components()
+    return _MOVED
+
+
+def _collect_moved(
+    by_section: dict[str, dict[str, type[ComponentSettings]]],
+) -> dict[tuple[str, str], tuple[str, ...]]:
+    moved: dict[tuple[str, str], tuple[str, ...]] = {}
+    for old, new in HOST_MOVED_KEYS.items():
+        section, _, key = old.partition(".")
+        moved[(section, key)] = tuple(new.split("."))
+    for section, items in by_section.items():
+        for name, model in items.items():
+            for old, key in model.legacy_keys.items():
+                where, _, flat = old.rpartition(".")
+                source = (where or section, flat)
+                if source[0] not in SECTIONS or key not in model.model_fields:
+                    raise ConfigError(
+                        f"component {name!r} maps the old key {old!r} to {key!r}; name a key "
+                        f"of a section ({', '.join(SECTIONS)}) and one of its own keys"
+                    )
+                if source in moved:
+                    raise ConfigError(
+                        f"the old key {'.'.join(source)} is claimed twice ({name!r} and "
+                        f"{'.'.join(moved[source])}); rename one legacy key"
+                    )
+                moved[source] = (section, name, key)
+    return moved
+
+
+def describe_path(path: tuple[str, ...]) -> str:
+    """``[model.impala] blocks`` or ``[ui] mode``: a key as mario.toml shows it."""
+    return f"[{'.'.join(path[:-1])}] {path[-1]}"
 
 
 _LOADING = False
@@ -432,6 +480,7 @@ def install_components(by_section: dict[str, dict[str, type[ComponentSettings]]]
     define them load after this module), then the models are rebuilt; a new host
     replaces the previous host's tables.
     """
+    moved = _collect_moved(by_section)
     for section, items in by_section.items():
         own = SECTIONS[section].__annotations__
         for name in items:
@@ -454,6 +503,8 @@ def install_components(by_section: dict[str, dict[str, type[ComponentSettings]]]
         cls.model_rebuild(force=True)
     _COMPONENTS.clear()
     _COMPONENTS.update({section: dict(items) for section, items in by_section.items()})
+    _MOVED.clear()
+    _MOVED.update(moved)
     MarioConfig.model_rebuild(force=True)
 
 
@@ -493,7 +544,7 @@ def component_defaults(merged: dict[str, Any]) -> dict[str, Any]:
     layer: dict[str, dict[str, Any]] = {}
     for section, names in _active_components(merged).items():
         for name in names:
-            model = _COMPONENTS.get(section, {}).get(name)
+            model = _COMPONENTS.get(section, {}).get(table_name(name))
             if model is None:
                 continue
             for key, value in model.section_defaults.items():
@@ -514,8 +565,8 @@ def defaulted_keys() -> dict[tuple[str, str], dict[str, Any]]:
 _NOTICES: set[str] = set()
 
 
-def _notify(message: str) -> None:
-    """A one-line notice on stderr, once per process (deprecated keys)."""
+def notify(message: str) -> None:
+    """A one-line notice on stderr, once per process (deprecated keys and flags)."""
     if message not in _NOTICES:
         _NOTICES.add(message)
         print(f"mario: {message}", file=sys.stderr)
@@ -524,19 +575,17 @@ def _notify(message: str) -> None:
 def _legacy_notices(layers: list[tuple[str, dict[str, Any]]]) -> None:
     for origin, layer in layers:
         if origin in ("saved run config", "flags", "environment"):
-            # Old runs are read silently, flags are generated from the new keys, and
-            # variables are renamed (with their notice) as they are read.
+            # Old runs are read silently, old flags and variables are renamed (with their
+            # notice) as they are read.
             continue
-        for section, values in layer.items():
-            if not isinstance(values, dict):
-                continue
-            for old, (name, key) in legacy_routes(section).items():
-                if old in values:
-                    where = _origin_label(origin, [section, old])
-                    _notify(
-                        f"{where}: [{section}] {old} is now [{section}.{name}] {key}; "
-                        "the old key still works in this release"
-                    )
+        for (section, old), path in moved_keys().items():
+            values = layer.get(section)
+            if isinstance(values, dict) and old in values:
+                where = _origin_label(origin, [section, old])
+                notify(
+                    f"{where}: [{section}] {old} is now {describe_path(path)}; "
+                    "the old key still works in this release"
+                )
 
 
 class MarioConfig(BaseSettings):
@@ -558,12 +607,19 @@ class MarioConfig(BaseSettings):
         ensure_components()
         return super().model_validate(obj, **kwargs)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade_keys(cls, data: Any) -> Any:
+        """Old runs' configs name keys that have moved since (read silently)."""
+        return upgrade_keys(data) if isinstance(data, dict) else data
+
     env: EnvConfig = Field(default_factory=EnvConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
+    hints: HintsConfig = Field(default_factory=HintsConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
 
     @classmethod
@@ -648,28 +704,33 @@ def read_env_vars(environ: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def _renamed_env_var(name: str) -> str:
-    """A legacy flat variable under its new name (parsed by the new key's type)."""
+    """A legacy variable under its new name (parsed by the new key's type)."""
     parts = name[len(ENV_PREFIX) :].lower().split(ENV_NESTED_DELIMITER)
     if not name.startswith(ENV_PREFIX) or len(parts) != 2:
         return name
-    route = legacy_routes(parts[0]).get(parts[1])
-    if route is None:
+    path = moved_keys().get((parts[0], parts[1]))
+    if path is None:
         return name
-    new = ENV_PREFIX + ENV_NESTED_DELIMITER.join(p.upper() for p in (parts[0], *route))
-    _notify(
-        f"env var {name}: [{parts[0]}] {parts[1]} is now [{parts[0]}.{route[0]}] {route[1]} "
-        f"({new}); the old name still works in this release"
+    new = env_var_of(path)
+    notify(
+        f"env var {name}: [{parts[0]}] {parts[1]} is now {describe_path(path)} ({new}); "
+        "the old name still works in this release"
     )
     return new
 
 
+def env_var_of(path: tuple[str, ...] | list[str]) -> str:
+    """``MARIO_<SECTION>__<KEY>`` or ``MARIO_<SECTION>__<TABLE>__<KEY>``."""
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(part.upper() for part in path)
+
+
 def _is_env_key(parts: list[str]) -> bool:
-    """``[section, key]``, a legacy flat key, or ``[section, component, key]``."""
+    """``[section, key]``, a legacy key, or ``[section, component, key]``."""
     section = SECTIONS.get(parts[0])
     if section is None or len(parts) not in (2, 3):
         return False
     if len(parts) == 2:
-        return parts[1] in plain_keys(parts[0]) or parts[1] in legacy_routes(parts[0])
+        return parts[1] in plain_keys(parts[0]) or (parts[0], parts[1]) in moved_keys()
     model = _COMPONENTS.get(parts[0], {}).get(parts[1])
     return model is not None and parts[2] in model.model_fields
 
@@ -704,10 +765,13 @@ def load_config(
     layers.append(("environment", read_env_vars(environ)))
     layers.append(("flags", cli_overrides or {}))
 
+    _legacy_notices(layers)
+    # Old keys move to their new place layer by layer, so that precedence holds between
+    # an old key in one layer and its new key in another.
+    layers = [(origin, upgrade_keys(layer)) for origin, layer in layers]
     merged: dict[str, Any] = {}
     for _, layer in layers:
         merged = deep_merge(merged, layer)
-    _legacy_notices(layers)
     merged = deep_merge(component_defaults(merged), merged)
     try:
         return MarioConfig.model_validate(merged)
@@ -719,15 +783,15 @@ def _describe_error(exc: ValidationError, layers: list[tuple[str, dict[str, Any]
     """One line: the key, the value, where it came from and what is wrong."""
     error = exc.errors()[0]
     loc = [str(part) for part in error["loc"]]
+    conflict = error.get("ctx", {}).get("error")
+    if isinstance(conflict, SettingsConflict):  # a table's check against its section
+        loc = [*loc[:1], conflict.table, conflict.key]
     depth = 3 if len(loc) >= 3 and loc[1] in _COMPONENTS.get(loc[0], {}) else 2
     key = ".".join(loc[:depth]) if loc else "?"
     origin = "defaults"
     value: Any = error.get("input")
     for name, layer in reversed(layers):
         found, layer_value = _lookup(layer, loc[:depth])
-        if not found and depth == 3:  # given under its legacy flat key
-            old = _legacy_name(loc[0], loc[1], loc[2])
-            found, layer_value = _lookup(layer, [loc[0], old]) if old else (False, None)
         if found:
             origin = name
             value = layer_value
@@ -752,26 +816,33 @@ def _describe_error(exc: ValidationError, layers: list[tuple[str, dict[str, Any]
     return f"{where}: {key} = {value!r} is invalid: {message}"
 
 
-def _legacy_name(section: str, component: str, key: str) -> str | None:
-    for old, route in legacy_routes(section).items():
-        if route == (component, key):
-            return old
-    return None
-
-
 def _origin_label(origin: str, loc: list[str]) -> str:
     if origin == "environment":
-        return "env var " + ENV_PREFIX + ENV_NESTED_DELIMITER.join(p.upper() for p in loc[:3])
+        return "env var " + env_var_of(loc[:3])
     if origin == "flags":
-        if len(loc) >= 3:
-            return "flag " + component_flag(loc[1], loc[2])
-        return "flag --" + (loc[1] if len(loc) > 1 else loc[0]).replace("_", "-")
+        return "flag " + flag_of(tuple(loc[:3]))
     return origin
 
 
 def component_flag(component: str, key: str) -> str:
     """The flag of a component's key: ``--<component>-<key>``."""
     return f"--{component}-{key}".replace("_", "-")
+
+
+# Keys whose flag is not ``--<key>``: the display mode kept the flag users know.
+FLAG_NAMES: dict[tuple[str, ...], str] = {
+    ("ui", "mode"): "--ui",
+    ("hints", "cooldown"): "--hint-cooldown",
+}
+
+
+def flag_of(path: tuple[str, ...]) -> str:
+    """The flag that sets ``path``: ``--<key>``, ``--<component>-<key>`` or a FLAG_NAMES one."""
+    if path in FLAG_NAMES:
+        return FLAG_NAMES[path]
+    if len(path) == 3:
+        return component_flag(path[1], path[2])
+    return "--" + path[-1].replace("_", "-")
 
 
 def _lookup(layer: dict[str, Any], loc: list[str]) -> tuple[bool, Any]:
@@ -784,18 +855,24 @@ def _lookup(layer: dict[str, Any], loc: list[str]) -> tuple[bool, Any]:
 
 
 def key_path(dotted: str) -> tuple[str, ...] | None:
-    """``section.key`` or ``section.component.key`` as its canonical path (legacy flat
-    keys mapped to their table), or None if it names no value of the config."""
+    """``section.key`` or ``section.component.key`` as its canonical path (old keys mapped
+    to where they live now), or None if it names no value of the config."""
     ensure_components()
-    parts = dotted.split(".")
+    parts = tuple(dotted.split("."))
     if parts[0] not in SECTIONS or len(parts) not in (2, 3):
         return None
-    if len(parts) == 2 and parts[1] in legacy_routes(parts[0]):
-        parts = [parts[0], *legacy_routes(parts[0])[parts[1]]]
+    parts = moved_keys().get(parts, parts) if len(parts) == 2 else parts
     if len(parts) == 2:
-        return tuple(parts) if parts[1] in plain_keys(parts[0]) else None
+        return parts if parts[1] in plain_keys(parts[0]) else None
     model = tables_of(parts[0]).get(parts[1])
-    return tuple(parts) if model is not None and parts[2] in model.model_fields else None
+    return parts if model is not None and parts[2] in model.model_fields else None
+
+
+def renamed_key(dotted: str) -> str | None:
+    """The new name of an old ``section.key``, or None if it has not moved."""
+    section, _, key = dotted.partition(".")
+    path = moved_keys().get((section, key))
+    return ".".join(path) if path else None
 
 
 def set_by_path(cfg: MarioConfig, dotted: str, value: Any) -> None:
@@ -806,13 +883,18 @@ def set_by_path(cfg: MarioConfig, dotted: str, value: Any) -> None:
             f"unknown config key {dotted!r}; use section.key or section.component.key, "
             "e.g. algo.gamma or model.impala.blocks"
         )
-    target: Any = getattr(cfg, path[0])
-    if len(path) == 3:
-        target = getattr(target, path[1])
+    section: Any = getattr(cfg, path[0])
     try:
-        setattr(target, path[-1], value)
+        if len(path) == 3:
+            # The table goes back in whole, so its checks against the section run too.
+            table = getattr(section, path[1]).model_copy()
+            setattr(table, path[2], value)
+            setattr(section, path[1], table)
+        else:
+            setattr(section, path[1], value)
     except ValidationError as exc:
-        raise ConfigError(f"{dotted} = {value!r} is invalid: {exc.errors()[0]['msg']}") from None
+        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{dotted} = {value!r} is invalid: {message}") from None
 
 
 def to_toml(data: dict[str, Any]) -> str:
@@ -821,12 +903,13 @@ def to_toml(data: dict[str, Any]) -> str:
 
 
 SECTION_TITLES = {
-    "env": "Environment: stage, actions, preprocessing, reward shaping, parallel envs",
+    "env": "Environment: stage, actions, preprocessing, reward, wrappers, parallel envs",
     "model": "Model: backbone, heads, recurrent core",
     "algo": "Algorithm and optimisation",
     "replay": "Replay strategies",
     "train": "Training run: budget, device, checkpoints, output",
-    "ui": "Display and diagnostics thresholds",
+    "ui": "Display",
+    "hints": "Stuck-agent hints: the diagnostics thresholds, and each rule's own",
     "tune": "Hyperparameter search (mario tune)",
 }
 
@@ -880,3 +963,6 @@ def _commented_key(
     else:
         lines.append(tomli_w.dumps({key: value}).strip())
     return lines
+
+
+_MOVED.update(_collect_moved({}))  # the host's own moves, before any plugin loads

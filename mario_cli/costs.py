@@ -89,13 +89,13 @@ def inference_ms_per_step(
     """CPU-ms per agent step of one batched policy call on one thread (as in collection)."""
     from mario_cli.training.builders import build_policy
     from mario_cli.training.device import amp_settings
-    from mario_cli.training.optim import Optimiser
+    from mario_cli.training.optim import GradientStepper
 
     device = torch.device("cpu")
     policy, _ = build_policy(cfg, obs_shape, n_actions, device)
     _, amp_dtype, _ = amp_settings(device, cfg.train.amp)
     # The collector's autocast is the optimiser's: the same context here.
-    autocast = Optimiser(policy.parameters(), cfg.algo, 1, device, amp_dtype).autocast
+    autocast = GradientStepper(policy.parameters(), cfg.algo, 1, device, amp_dtype).autocast
     n = cfg.env.n_envs
     obs = _random_obs((n, *obs_shape), np.random.default_rng(seed))
     done = torch.zeros(n)
@@ -124,7 +124,7 @@ def learner_ms_per_sample(
     """
     from mario_cli.training.builders import build_algorithm, build_policy
     from mario_cli.training.device import amp_settings, configure_threads
-    from mario_cli.training.optim import Optimiser
+    from mario_cli.training.optim import GradientStepper
     from mario_cli.training.rollout import RolloutStorage
 
     cfg = cfg.model_copy(deep=True)
@@ -134,7 +134,7 @@ def learner_ms_per_sample(
     torch.manual_seed(seed)
     policy, _ = build_policy(cfg, obs_shape, n_actions, device)
     _, amp_dtype, use_scaler = amp_settings(device, cfg.train.amp)
-    optimiser = Optimiser(policy.parameters(), cfg.algo, 10, device, amp_dtype, use_scaler)
+    optimiser = GradientStepper(policy.parameters(), cfg.algo, 10, device, amp_dtype, use_scaler)
     algorithm = build_algorithm(cfg, policy, optimiser, obs_shape)
     steps, n = cfg.algo.n_steps, cfg.env.n_envs
     rng = np.random.default_rng(seed)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mario_cli import metric_names as names
-from mario_cli.config import MarioConfig, UiConfig
+from mario_cli.config import HintsConfig, MarioConfig
 from mario_cli.events import (
     CheckpointSaved,
     Episode,
@@ -32,8 +32,8 @@ from mario_cli.events import (
 HintRule = Callable[["History", MarioConfig], list[Hint]]
 
 OK, WARN, BAD, UNKNOWN = "ok", "warn", "bad", "n/a"
-MAX_ITERATIONS = 1000  # iterations kept for the rules (more if a configured window is longer)
-MAX_EPISODES = 500
+MAX_ITERATIONS = 1000  # iterations kept for the rules (more if a rule asks for a longer window)
+MAX_EPISODES = 500  # episodes kept (likewise)
 PROGRESS_BUCKETS = 50  # a progress window keeps about this many points, however long it is
 CHECKPOINT_PLACEHOLDER = "<checkpoint>"
 
@@ -56,8 +56,9 @@ def entropy_of(metrics: Mapping[str, float]) -> float | None:
     return None if loss is None else -float(loss)
 
 
-def diagnose(metrics: Mapping[str, float], ui: UiConfig) -> list[Reading]:
-    """Readings for approx_kl, clip_fraction, entropy, explained_variance and value_loss.
+def diagnose(metrics: Mapping[str, float], ui: HintsConfig) -> list[Reading]:
+    """Readings for approx_kl, clip_fraction, entropy, explained_variance and value_loss,
+    against the ``[hints]`` thresholds ``ui``.
 
     A metric is bad past its bad threshold, warn past its warn threshold, else ok;
     a non-finite value is bad and a missing one n/a.
@@ -137,15 +138,21 @@ class StepWindow:
 
 @dataclass
 class History:
-    """What hint rules see: recent iterations and episodes of one run, and its max x by step."""
+    """What hint rules see: recent iterations and episodes of one run, and its max x by step.
+
+    It keeps as many iterations and episodes as the longest window a rule has asked for
+    (at least ``MAX_ITERATIONS`` and ``MAX_EPISODES``): the engine runs every rule from
+    the first iteration on, so each window is known before anything is dropped.
+    """
 
     run_name: str | None = None
     checkpoint: str | None = None  # the run's latest checkpoint, when one was saved
     steps: list[int] = field(default_factory=list)  # global step of each iteration
     metrics: list[dict[str, float]] = field(default_factory=list)  # one dict per iteration
     episodes: deque[Episode] = field(default_factory=lambda: deque(maxlen=MAX_EPISODES))
-    # rollout/avg_max_x_pos by agent step, over ui.stall_progress_steps (HintEngine sizes it)
+    # rollout/avg_max_x_pos by agent step, over the window the last max_x_over asked for
     max_x: StepWindow = field(default_factory=StepWindow)
+    longest: int = 0  # the longest window of iterations asked for
 
     @property
     def step(self) -> int:
@@ -153,11 +160,28 @@ class History:
 
     def recent(self, n: int) -> list[dict[str, float]]:
         """The last ``n`` iterations' metrics, or [] while fewer than ``n`` were seen."""
+        self.longest = max(self.longest, n)
         return self.metrics[-n:] if n > 0 and len(self.metrics) >= n else []
 
     def recent_episodes(self, n: int) -> list[Episode]:
         """The last ``n`` episodes, or [] while fewer than ``n`` ended."""
+        if self.episodes.maxlen is not None and n > self.episodes.maxlen:
+            self.episodes = deque(self.episodes, maxlen=n)
         return list(self.episodes)[-n:] if n > 0 and len(self.episodes) >= n else []
+
+    def max_x_over(self, steps: int) -> StepWindow:
+        """The best rollout/avg_max_x_pos by agent step over the last ``steps`` agent steps
+        (a window of another length is rebuilt once from the iterations kept)."""
+        if self.max_x.steps != steps:
+            self.max_x = StepWindow(steps, max(1, steps // PROGRESS_BUCKETS))
+            for step, metrics in zip(self.steps, self.metrics, strict=True):
+                self.add_max_x(step, metrics)
+        return self.max_x
+
+    def add_max_x(self, step: int, metrics: Mapping[str, float]) -> None:
+        max_x = metrics.get(names.ROLLOUT_AVG_MAX_X_POS)
+        if max_x is not None:
+            self.max_x.add(int(step), float(max_x))
 
 
 def retry_command(history: History, cfg: MarioConfig, flags: Iterable[str]) -> str:
@@ -177,7 +201,7 @@ class HintEngine:
     """Feeds registered hint rules and returns only new hints.
 
     A hint is identified by (registered rule name, ``Hint.rule``). Once emitted it is
-    not emitted again while its rule keeps returning it, until ``ui.hint_cooldown``
+    not emitted again while its rule keeps returning it, until ``hints.cooldown``
     iterations have passed; when the rule stops returning it, it may fire again.
     """
 
@@ -187,20 +211,7 @@ class HintEngine:
         rules: Iterable[Any] | Mapping[str, HintRule] | None = None,
     ) -> None:
         self.cfg = cfg
-        ui = cfg.ui
-        windows = (
-            ui.stall_iterations,
-            ui.entropy_iterations,
-            ui.kl_iterations,
-            ui.explained_variance_iterations,
-        )
-        self.max_iterations = max(MAX_ITERATIONS, *windows)
-        self.history = History(
-            episodes=deque(maxlen=max(MAX_EPISODES, ui.plateau_episodes)),
-            max_x=StepWindow(
-                ui.stall_progress_steps, max(1, ui.stall_progress_steps // PROGRESS_BUCKETS)
-            ),
-        )
+        self.history = History()
         self.rules = self._resolve_rules(rules)
         self.iterations = 0
         self._active: dict[tuple[str, str], int] = {}  # hint key -> iteration last emitted
@@ -220,14 +231,14 @@ class HintEngine:
     # ---------------------------------------------------------------- feeding
     def add_iteration(self, step: int, metrics: Mapping[str, float]) -> None:
         with self._lock:
-            self.history.steps.append(int(step))
-            self.history.metrics.append(dict(metrics))
-            max_x = metrics.get(names.ROLLOUT_AVG_MAX_X_POS)
-            if max_x is not None:
-                self.history.max_x.add(int(step), float(max_x))
-            if len(self.history.metrics) > self.max_iterations:
-                del self.history.metrics[: -self.max_iterations]
-                del self.history.steps[: -self.max_iterations]
+            history = self.history
+            history.steps.append(int(step))
+            history.metrics.append(dict(metrics))
+            history.add_max_x(step, metrics)
+            keep = max(MAX_ITERATIONS, history.longest)
+            if len(history.metrics) > keep:
+                del history.metrics[:-keep]
+                del history.steps[:-keep]
             self.iterations += 1
 
     def add_episode(self, episode: Episode | EpisodeEnd) -> None:
@@ -291,7 +302,7 @@ class HintEngine:
                 del self._active[key]  # cleared: it may fire again later
         for key, hint in fired.items():
             last = self._active.get(key)
-            if last is None or self.iterations - last >= self.cfg.ui.hint_cooldown:
+            if last is None or self.iterations - last >= self.cfg.hints.cooldown:
                 self._active[key] = self.iterations
                 new.append(hint)
         return new

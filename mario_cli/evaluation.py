@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from mario_cli.config import EnvConfig, MarioConfig
+from mario_cli.config import EnvConfig, MarioConfig, deep_merge, upgrade_keys
 from mario_cli.errors import ConfigError, MarioError
 from mario_cli.eval_protocol import (
     DEFAULT_NOOP_MAX,
@@ -73,11 +73,14 @@ def load_agent(checkpoint: Path, env_overrides: dict[str, Any] | None = None) ->
             f"--movement {movement} disagrees with the checkpoint, trained with "
             f"{saved['env']['movement']}; use --movement auto"
         )
+    saved = upgrade_keys(saved)
     env_section = dict(saved["env"])
     # Trained before jump press existed: its policy knows the held-A game only.
     env_section.setdefault("jump_press", False)
-    env_section.update({k: v for k, v in (env_overrides or {}).items() if k != "movement"})
-    env_section["restart_share"] = 0.0  # eval and record start at the stage start: no restarts
+    overrides = {k: v for k, v in (env_overrides or {}).items() if k != "movement"}
+    env_section = deep_merge(env_section, upgrade_keys({"env": overrides})["env"])
+    # Eval and record start at the stage start: no restarts.
+    env_section["restarts"] = {**env_section.get("restarts", {}), "share": 0.0}
     saved = {**saved, "env": env_section}
     saved["model"] = {
         **saved["model"],

@@ -14,7 +14,7 @@ from typing import Any
 import pluggy
 
 from mario_cli import hookspecs
-from mario_cli.config import ComponentSettings, install_components
+from mario_cli.config import ComponentSettings, install_components, table_name
 from mario_cli.errors import ConfigError, UnknownComponentError
 
 # Registry kind -> the config section its components' settings tables live in.
@@ -24,7 +24,7 @@ KIND_SECTIONS: dict[str, str] = {
     "recurrent_cores": "model",
     "algorithms": "algo",
     "replay": "replay",
-    "hints": "ui",
+    "hints": "hints",
 }
 
 # Registry kind -> the hook that fills it.
@@ -173,14 +173,15 @@ class PluginHost:
             for component in self.registries[kind]:
                 if component.settings is None:
                     continue
-                other = owners.get((section, component.name))
+                table = table_name(component.name)
+                other = owners.get((section, table))
                 if other is not None:
                     raise ConfigError(
                         f"{other} and {kind} {component.name!r} both want a "
-                        f"[{section}.{component.name}] table; rename one of them"
+                        f"[{section}.{table}] table; rename one of them"
                     )
-                owners[(section, component.name)] = f"{kind} {component.name!r}"
-                tables.setdefault(section, {})[component.name] = component.settings
+                owners[(section, table)] = f"{kind} {component.name!r}"
+                tables.setdefault(section, {})[table] = component.settings
         return tables
 
     def plugin_name(self, plugin: object) -> str:

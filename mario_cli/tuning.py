@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mario_cli import metric_names as names
-from mario_cli.config import MarioConfig, key_path, set_by_path
+from mario_cli.config import MarioConfig, key_path, notify, renamed_key, set_by_path
 from mario_cli.errors import ConfigError, MarioError
 
 # Used when mario.toml has no [tune.space].
@@ -42,6 +42,9 @@ def validate_space(space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]
                 f"[tune.space] key {key!r} is not a config key "
                 "(section.key or section.component.key)"
             )
+        new = renamed_key(key)
+        if new is not None:
+            notify(f"[tune.space] {key} is now {new}; the old key still works in this release")
         kind = dist.get("type")
         if kind in ("float", "int"):
             if "low" not in dist or "high" not in dist or dist["low"] >= dist["high"]:
@@ -134,7 +137,7 @@ def make_objective(
             set_by_path(cfg, key, suggest(trial, key, dist))
         cfg.train.total_timesteps = base.tune.timesteps_per_trial
         cfg.train.run_name = f"{study_name}-trial-{trial.number}"
-        cfg.ui.ui = "quiet"
+        cfg.ui.mode = "quiet"
         control = control_factory()
         on_trial_start(trial)
         trial.set_user_attr("run_name", cfg.train.run_name)

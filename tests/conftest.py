@@ -26,7 +26,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def env_cfg() -> EnvConfig:
     """The default env config on 1-1, with stall cuts far away unless a test sets them."""
-    return EnvConfig(no_progress_terminate_steps=0)
+    return EnvConfig(reward={"no_progress_cut_steps": 0})
 
 
 def run_mario(*args: str, env: dict[str, str] | None = None, timeout: int = 300):

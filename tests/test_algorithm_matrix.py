@@ -29,7 +29,7 @@ CASES = [
 
 def small_config(tmp_path: Path, algo: str, core: str, extra: dict, total: int) -> MarioConfig:
     overrides: dict = {
-        "env": {"n_envs": 2, "vector_mode": "sync", "no_progress_terminate_steps": 30},
+        "env": {"n_envs": 2, "vector_mode": "sync", "reward": {"no_progress_cut_steps": 30}},
         "model": {
             "backbone": "nature",
             "hidden_size": 32,
@@ -114,7 +114,7 @@ def test_recurrent_state_is_reset_exactly_at_episode_ends(tmp_path: Path) -> Non
     from mario_cli.training.rollout import RolloutStorage
 
     cfg = small_config(tmp_path, "ppo", "gru", {}, total=32)
-    cfg.env.no_progress_terminate_steps = 5  # short episodes: several ends in 120 steps
+    cfg.env.reward.no_progress_cut_steps = 5  # short episodes: several ends in 120 steps
     policy, _ = build_policy(cfg, (4, 84, 84), 7, torch.device("cpu"))
     calls: list[torch.Tensor] = []
     original = policy.act

@@ -187,7 +187,7 @@ def test_bench_learn_json_has_every_field_and_writes_the_plot(tmp_path: Path) ->
 def test_an_interrupted_seed_keeps_its_eval_points(tmp_path: Path) -> None:
     cfg = load_config(
         cli_overrides={
-            "env": {"n_envs": 2, "no_progress_terminate_steps": 20},
+            "env": {"n_envs": 2, "reward": {"no_progress_cut_steps": 20}},
             "algo": {"n_steps": 32, "batch_size": 64, "n_epochs": 1},
         },
         environ={},

@@ -55,7 +55,7 @@ def test_same_settings_config_is_sb3_classic_ppo_on_the_same_envs() -> None:
         assert getattr(same.algo, key) == value, key
     assert same.algo.lr_schedule == "constant" and same.algo.warmup_fraction == 0.0
     assert same.env.n_envs == 6 and same.env.reward_mode == "raw"
-    assert same.env.jump_press is False and same.env.no_progress_terminate_steps == 0
+    assert same.env.jump_press is False and same.env.reward.no_progress_cut_steps == 0
     assert same.model.backbone == "nature" and same.train.amp is False
     assert cfg.algo.n_epochs == 3  # the caller's config is left as it was
 

@@ -28,7 +28,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
             cli_overrides={
                 # Without jump press: under it an early agent's greedy action holds
                 # right+A+B, which hops the same way whatever the no-op start.
-                "env": {"n_envs": 2, "no_progress_terminate_steps": 3, "jump_press": False},
+                "env": {"n_envs": 2, "reward": {"no_progress_cut_steps": 3}, "jump_press": False},
                 "algo": {"n_steps": 16, "batch_size": 32, "n_epochs": 1},
                 "train": {
                     "total_timesteps": 128,

@@ -265,7 +265,8 @@ TUNE_TOML = """
 [env]
 n_envs = 2
 vector_mode = "sync"
-no_progress_terminate_steps = 3
+[env.reward]
+no_progress_cut_steps = 3
 [algo]
 n_steps = 16
 batch_size = 32

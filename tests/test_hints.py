@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mario_cli.config import MarioConfig, UiConfig
+from mario_cli.config import HintsConfig, MarioConfig
 from mario_cli.diagnostics import (
     BAD,
     OK,
@@ -91,14 +91,17 @@ def parses_as_mario_resume(command: str) -> None:
     overrides: dict[str, dict[str, object]] = {}
     for name, value in ctx.params.items():
         if "__" in name and value is not None:
-            section, key = name.split("__", 1)
-            overrides.setdefault(section, {})[key] = value
+            *path, key = name.split("__")
+            node = overrides
+            for part in path:
+                node = node.setdefault(part, {})
+            node[key] = value
     load_config(None, overrides)  # every value validates against the config models
 
 
 # ------------------------------------------------------------ updates stalled
 def test_updates_stalled_fires_after_stall_iterations(cfg: MarioConfig) -> None:
-    k = cfg.ui.stall_iterations
+    k = cfg.hints.updates_stalled.iterations
     history = history_of([healthy()] * 3 + [healthy(**STALLED)] * k)
     [hint] = updates_stalled(history, cfg)
     assert hint.rule == "updates-stalled"
@@ -112,7 +115,7 @@ def test_updates_stalled_fires_after_stall_iterations(cfg: MarioConfig) -> None:
 
 
 def test_updates_stalled_silent_before_k_or_with_any_update(cfg: MarioConfig) -> None:
-    k = cfg.ui.stall_iterations
+    k = cfg.hints.updates_stalled.iterations
     assert updates_stalled(history_of([healthy(**STALLED)] * (k - 1)), cfg) == []
     clipped = [healthy(**STALLED)] * (k - 1) + [healthy(**{**STALLED, "train/clip_fraction": 0.01})]
     assert updates_stalled(history_of(clipped), cfg) == []
@@ -123,7 +126,7 @@ def test_updates_stalled_silent_before_k_or_with_any_update(cfg: MarioConfig) ->
 
 # ---------------------------------------------------------- entropy collapsed
 def test_entropy_collapsed_fires_and_suggests_more_entropy_bonus(cfg: MarioConfig) -> None:
-    n = cfg.ui.entropy_iterations
+    n = cfg.hints.entropy_collapsed.iterations
     history = history_of([healthy()] + [healthy(**{"train/entropy_loss": -0.03})] * n)
     [hint] = entropy_collapsed(history, cfg)
     assert hint.rule == "entropy-collapsed"
@@ -133,7 +136,7 @@ def test_entropy_collapsed_fires_and_suggests_more_entropy_bonus(cfg: MarioConfi
 
 
 def test_entropy_collapsed_silent_when_entropy_recovers(cfg: MarioConfig) -> None:
-    n = cfg.ui.entropy_iterations
+    n = cfg.hints.entropy_collapsed.iterations
     low = healthy(**{"train/entropy_loss": -0.03})
     assert entropy_collapsed(history_of([low] * (n - 1) + [healthy()]), cfg) == []
     assert entropy_collapsed(history_of([low] * (n - 1)), cfg) == []
@@ -144,17 +147,17 @@ def test_entropy_collapsed_silent_when_entropy_recovers(cfg: MarioConfig) -> Non
 
 # --------------------------------------------------------------- KL too large
 def test_kl_too_large_fires_and_halves_the_learning_rate(cfg: MarioConfig) -> None:
-    n = cfg.ui.kl_iterations
+    n = cfg.hints.kl_too_large.iterations
     history = history_of([healthy(**{"train/approx_kl": 0.4})] * n)
     [hint] = kl_too_large(history, cfg)
     assert hint.rule == "kl-too-large"
     assert "--learning-rate 0.000125" in hint.command
-    assert f"--target-kl {cfg.ui.kl_warn:g}" in hint.command
+    assert f"--target-kl {cfg.hints.kl_warn:g}" in hint.command
     parses_as_mario_resume(hint.command)
 
 
 def test_kl_too_large_silent_when_one_iteration_is_fine(cfg: MarioConfig) -> None:
-    n = cfg.ui.kl_iterations
+    n = cfg.hints.kl_too_large.iterations
     high = healthy(**{"train/approx_kl": 0.4})
     assert kl_too_large(history_of([high] * (n - 1) + [healthy()]), cfg) == []
     assert kl_too_large(history_of([healthy(**{"train/approx_kl": 0.1})] * 10), cfg) == []
@@ -164,7 +167,7 @@ def test_kl_too_large_silent_when_one_iteration_is_fine(cfg: MarioConfig) -> Non
 def test_value_not_learning_fires_after_long_near_zero_explained_variance(
     cfg: MarioConfig,
 ) -> None:
-    n = cfg.ui.explained_variance_iterations
+    n = cfg.hints.value_not_learning.iterations
     flat = [healthy(**{"train/explained_variance": (-1) ** i * 0.01}) for i in range(n)]
     [hint] = value_not_learning(history_of(flat), cfg)
     assert hint.rule == "value-not-learning"
@@ -174,7 +177,7 @@ def test_value_not_learning_fires_after_long_near_zero_explained_variance(
 
 
 def test_value_not_learning_silent_when_value_head_explains_returns(cfg: MarioConfig) -> None:
-    n = cfg.ui.explained_variance_iterations
+    n = cfg.hints.value_not_learning.iterations
     flat = healthy(**{"train/explained_variance": 0.01})
     assert value_not_learning(history_of([flat] * (n - 1)), cfg) == []
     assert value_not_learning(history_of([flat] * (n - 1) + [healthy()]), cfg) == []
@@ -186,7 +189,7 @@ def test_plateau_at_the_pipe_suggests_progress_reward_and_simple_movement() -> N
     cfg = MarioConfig()
     cfg.env.movement = "right_only"
     cfg.env.reward_mode = "clip"
-    m = cfg.ui.plateau_episodes
+    m = cfg.hints.progress_plateau.episodes
     xs = [594 + (i % 5) - 2 for i in range(m - 5)] + [120, 200, 314, 400, 40]
     [hint] = progress_plateau(episodes_at(xs), cfg)
     assert hint.rule == "progress-plateau"
@@ -196,7 +199,7 @@ def test_plateau_at_the_pipe_suggests_progress_reward_and_simple_movement() -> N
     assert flags == [
         "--reward-mode",
         "progress",
-        "--stall-penalty",
+        "--reward-stall-penalty",
         "0.01",
         "--movement",
         "simple",
@@ -206,23 +209,23 @@ def test_plateau_at_the_pipe_suggests_progress_reward_and_simple_movement() -> N
 
 
 def test_plateau_with_the_reward_advice_taken_names_the_next_lever(cfg: MarioConfig) -> None:
-    xs = [1130] * cfg.ui.plateau_episodes
-    cfg.env.jump_press, cfg.env.restart_share = False, 0.0
+    xs = [1130] * cfg.hints.progress_plateau.episodes
+    cfg.env.jump_press, cfg.env.restarts.share = False, 0.0
     [hint] = progress_plateau(episodes_at(xs), cfg)
     assert "(the first pit)" in hint.message
     assert hint.command == f"mario resume --init-model-path {CKPT} --jump-press"
     cfg.env.jump_press = True
     [hint] = progress_plateau(episodes_at(xs), cfg)
     assert "try practice from saved states" in hint.message
-    assert hint.command == f"mario resume --init-model-path {CKPT} --restart-share 0.5"
-    cfg.env.restart_share = 0.5
+    assert hint.command == f"mario resume --init-model-path {CKPT} --restarts-share 0.5"
+    cfg.env.restarts.share = 0.5
     [hint] = progress_plateau(episodes_at(xs), cfg)
     assert hint.command == f"mario resume --init-model-path {CKPT} --ent-coef 0.02"
     parses_as_mario_resume(hint.command)
 
 
 def test_plateau_silent_when_episodes_spread_or_clear_or_too_few(cfg: MarioConfig) -> None:
-    m = cfg.ui.plateau_episodes
+    m = cfg.hints.progress_plateau.episodes
     assert progress_plateau(episodes_at([594] * (m - 1)), cfg) == []
     spread = [300 + 40 * (i % 10) for i in range(m)]
     assert progress_plateau(episodes_at(spread), cfg) == []
@@ -233,7 +236,7 @@ def test_plateau_silent_when_episodes_spread_or_clear_or_too_few(cfg: MarioConfi
 
 
 def test_plateau_elsewhere_names_no_obstacle_and_placeholder_checkpoint(cfg: MarioConfig) -> None:
-    history = episodes_at([1234] * cfg.ui.plateau_episodes, stage="1-2")
+    history = episodes_at([1234] * cfg.hints.progress_plateau.episodes, stage="1-2")
     history.checkpoint = None
     [hint] = progress_plateau(history, cfg)
     assert "x ~ 1234 on 1-2:" in hint.message
@@ -278,7 +281,7 @@ def levers_on() -> MarioConfig:
     """Jump press and restarts on: the stall hint's remaining lever is exploration."""
     cfg = MarioConfig()
     cfg.env.jump_press = True
-    cfg.env.restart_share = 0.5
+    cfg.env.restarts.share = 0.5
     return cfg
 
 
@@ -317,8 +320,8 @@ def test_progress_stalled_quiet_while_rising_early_or_clearing(cfg: MarioConfig)
 
 def test_progress_stalled_counts_agent_steps_not_iterations() -> None:
     cfg = MarioConfig()
-    cfg.ui.stall_progress_steps = 20_000
-    cfg.ui.stall_progress_margin = 10
+    cfg.hints.progress_stalled.steps = 20_000
+    cfg.hints.progress_stalled.margin = 10
 
     def run(xs: list[float]) -> tuple[HintEngine, list[int]]:
         # 256 agent steps per iteration (--n-steps 32 on 8 envs): 78 iterations per window.
@@ -344,7 +347,7 @@ def test_progress_stalled_counts_agent_steps_not_iterations() -> None:
 
 def test_progress_stalled_respects_the_cooldown() -> None:
     cfg = levers_on()
-    cfg.ui.hint_cooldown = 20
+    cfg.hints.cooldown = 20
     engine = stalled_engine(cfg)
     fired = feed(engine, [plateau_x(i) for i in range(50 + 45)])
     # First at iteration 52, reminded once 20 iterations later, and again 20 after that.
@@ -353,6 +356,7 @@ def test_progress_stalled_respects_the_cooldown() -> None:
 
 def test_where_episodes_end_is_spread_or_per_stage() -> None:
     cfg = levers_on()
+    cfg.hints.progress_stalled.steps = 10_000
     history = History()
     history.max_x = StepWindow(10_000, 200)
     for i, x in enumerate([700.0] * 60, 1):
@@ -374,14 +378,14 @@ def test_where_episodes_end_is_spread_or_per_stage() -> None:
 
 def test_progress_stalled_suggests_the_strongest_lever_still_off() -> None:
     cfg = MarioConfig()
-    cfg.env.jump_press, cfg.env.restart_share = False, 0.0
+    cfg.env.jump_press, cfg.env.restarts.share = False, 0.0
     [(_, hint)] = feed(stalled_engine(cfg), [plateau_x(i) for i in range(74)])
     assert hint.command == f"mario resume --init-model-path {CKPT} --jump-press"
     assert "a jump the policy controls (A released once per landing) may get" in hint.message
     parses_as_mario_resume(hint.command)
     cfg.env.jump_press = True
     [(_, hint)] = feed(stalled_engine(cfg), [plateau_x(i) for i in range(74)])
-    assert hint.command == f"mario resume --init-model-path {CKPT} --restart-share 0.5"
+    assert hint.command == f"mario resume --init-model-path {CKPT} --restarts-share 0.5"
     assert "practice from saved states near where episodes end may get" in hint.message
     parses_as_mario_resume(hint.command)
 
@@ -412,9 +416,9 @@ def stall_events(engine: HintEngine, start: int, count: int, metrics: dict[str, 
 
 def test_engine_emits_a_persistent_hint_once_then_after_the_cooldown() -> None:
     cfg = MarioConfig()
-    cfg.ui.hint_cooldown = 20
+    cfg.hints.cooldown = 20
     engine = HintEngine(cfg, {"updates-stalled": updates_stalled})
-    k = cfg.ui.stall_iterations
+    k = cfg.hints.updates_stalled.iterations
     assert (
         engine.observe(RunStarted("ppo-1-1", "/r", "ppo", "nature", "cpu", "e", 8, 1, 0, 1)) == []
     )
@@ -432,7 +436,7 @@ def test_engine_emits_a_persistent_hint_once_then_after_the_cooldown() -> None:
 
 def test_engine_re_emits_a_hint_that_cleared_and_came_back(cfg: MarioConfig) -> None:
     engine = HintEngine(cfg, {"updates-stalled": updates_stalled})
-    k = cfg.ui.stall_iterations
+    k = cfg.hints.updates_stalled.iterations
     assert len(stall_events(engine, 1, k, healthy(**STALLED))) == 1
     assert stall_events(engine, k + 1, 1, healthy()) == []  # cleared
     assert stall_events(engine, k + 2, k - 1, healthy(**STALLED)) == []
@@ -442,7 +446,7 @@ def test_engine_re_emits_a_hint_that_cleared_and_came_back(cfg: MarioConfig) -> 
 def test_engine_tracks_checkpoints_and_episodes_for_commands(cfg: MarioConfig) -> None:
     engine = HintEngine(cfg, {"progress-plateau": progress_plateau})
     engine.observe(CheckpointSaved(2048, "/runs/a b/step.pt", "periodic"))
-    for i in range(cfg.ui.plateau_episodes):
+    for i in range(cfg.hints.progress_plateau.episodes):
         assert engine.observe(EpisodeEnd(i, 0, 5.0, 200, 314, False, "1-1")) == []
     [hint] = engine.observe(IterationStats(4096, 2, 10**6, healthy()))
     assert hint.command.startswith("mario resume --init-model-path '/runs/a b/step.pt' ")
@@ -457,7 +461,7 @@ def test_a_failing_rule_warns_once_and_is_switched_off(cfg: MarioConfig) -> None
     [hint] = engine.observe(IterationStats(2048, 1, 10**6, healthy()))
     assert hint.rule == "broken" and "ZeroDivisionError: oops" in hint.message
     high = healthy(**{"train/approx_kl": 0.5})
-    hints = stall_events(engine, 2, cfg.ui.kl_iterations, high)
+    hints = stall_events(engine, 2, cfg.hints.kl_too_large.iterations, high)
     assert [h.rule for h in hints] == ["kl-too-large"]
 
 
@@ -473,7 +477,7 @@ def test_engine_keeps_a_bounded_history(cfg: MarioConfig) -> None:
 
 # -------------------------------------------------------------- diagnostics
 def test_diagnose_states_follow_the_configured_thresholds() -> None:
-    ui = UiConfig(kl_warn=0.05, kl_bad=0.15, entropy_warn=0.3, entropy_bad=0.1)
+    ui = HintsConfig(kl_warn=0.05, kl_bad=0.15, entropy_warn=0.3, entropy_bad=0.1)
     metrics = healthy(
         **{
             "train/approx_kl": 0.1,

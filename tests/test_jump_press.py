@@ -24,7 +24,7 @@ Y_ON_SCREEN = 0x00CE  # Mario's y on screen: smaller is higher (176 standing on 
 def _env(jump_press: bool, frame_skip: int = 1, movement: str = "simple"):
     wrappers = ["frame_skip"] if frame_skip > 1 else []
     cfg = EnvConfig(
-        no_progress_terminate_steps=0,
+        reward={"no_progress_cut_steps": 0},
         wrappers=wrappers,
         frame_skip=frame_skip,
         movement=movement,

@@ -8,7 +8,7 @@ from torch import nn
 from mario_algos.ppo import PPO
 from mario_cli.config import MarioConfig
 from mario_cli.policy import ActorCritic
-from mario_cli.training.optim import Optimiser
+from mario_cli.training.optim import GradientStepper
 from mario_cli.training.rollout import RolloutStorage
 
 
@@ -31,7 +31,7 @@ def test_ppo_learns_the_rewarded_action_for_each_observation() -> None:
     cfg.algo.learning_rate, cfg.algo.ent_coef, cfg.algo.target_kl = 3e-3, 0.0, None
     n_envs, device = 8, torch.device("cpu")
     policy = ActorCritic(TinyBackbone(), n_actions=4)
-    optimiser = Optimiser(policy.parameters(), cfg.algo, total_updates=40, device=device)
+    optimiser = GradientStepper(policy.parameters(), cfg.algo, total_updates=40, device=device)
     ppo = PPO(policy, cfg, optimiser)
     storage = RolloutStorage(cfg.algo.n_steps, n_envs, (1, 4), device)
     observations = torch.tensor([[[0, 0, 0, 0]], [[255, 255, 255, 255]]], dtype=torch.uint8)

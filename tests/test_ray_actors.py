@@ -124,7 +124,7 @@ def _spawn(*args: str) -> subprocess.Popen:
 
 def _config(tmp_path: Path, **train: object) -> MarioConfig:
     overrides: dict = {
-        "env": {"n_envs": 1, "no_progress_terminate_steps": 30},
+        "env": {"n_envs": 1, "reward": {"no_progress_cut_steps": 30}},
         "model": {"backbone": "nature", "hidden_size": 32},
         "algo": {"algo": "impala", "n_steps": ROLLOUT, "batch_size": 16},
         "train": {

@@ -98,20 +98,21 @@ def test_archive_picks_the_highest_bucket_at_or_before_the_target() -> None:
 
 
 def test_restart_share_needs_the_wrapper_and_is_bounded() -> None:
-    assert EnvConfig().restart_share == 0.0 and "restarts" in EnvConfig().wrappers
+    assert EnvConfig().restarts.share == 0.0 and "restarts" in EnvConfig().wrappers
     with pytest.raises(ConfigError, match="restarts"):
         load_config(
-            cli_overrides={"env": {"wrappers": ["frame_skip"], "restart_share": 0.5}}, environ={}
+            cli_overrides={"env": {"wrappers": ["frame_skip"], "restarts": {"share": 0.5}}},
+            environ={},
         )
-    with pytest.raises(ConfigError, match="restart_share"):
-        load_config(cli_overrides={"env": {"restart_share": 1.0}}, environ={})
+    with pytest.raises(ConfigError, match="env.restarts.share"):
+        load_config(cli_overrides={"env": {"restarts": {"share": 1.0}}}, environ={})
     # an old run's saved config (no restart_share, no "restarts") still loads
-    assert EnvConfig.model_validate({"wrappers": ["frame_skip"]}).restart_share == 0.0
+    assert EnvConfig.model_validate({"wrappers": ["frame_skip"]}).restarts.share == 0.0
 
 
 # ------------------------------------------------------ the real emulator
 def test_restore_starts_at_the_saved_x_and_pays_nothing_for_the_skipped_part() -> None:
-    env = make_env(EnvConfig(no_progress_terminate_steps=0))
+    env = make_env(EnvConfig(reward={"no_progress_cut_steps": 0}))
     env.reset(seed=0)
     for _ in range(25):
         env.step(RIGHT)
@@ -138,7 +139,7 @@ def test_restore_starts_at_the_saved_x_and_pays_nothing_for_the_skipped_part() -
     assert episode.restart and episode.start_x == saved_x
     assert episode.episode_return == pytest.approx(total)
     # and gym-super-mario-bros' own x reward is resynced (stale, it would stay 0)
-    raw = make_env(EnvConfig(reward_mode="raw", no_progress_terminate_steps=0))
+    raw = make_env(EnvConfig(reward_mode="raw", reward={"no_progress_cut_steps": 0}))
     raw.reset(seed=0)
     _, info = raw.reset(options={"restore": saved})
     _, reward, *_ = raw.step(RIGHT)
@@ -148,7 +149,7 @@ def test_restore_starts_at_the_saved_x_and_pays_nothing_for_the_skipped_part() -
 
 
 def test_the_same_actions_after_a_restore_give_the_same_trajectory() -> None:
-    env = make_env(EnvConfig(no_progress_terminate_steps=0))
+    env = make_env(EnvConfig(reward={"no_progress_cut_steps": 0}))
     env.reset(seed=0)
     for _ in range(20):
         env.step(RIGHT)
@@ -175,13 +176,13 @@ def test_the_same_actions_after_a_restore_give_the_same_trajectory() -> None:
 
 
 def test_restarts_aim_a_run_up_before_recent_deaths_and_stay_bounded() -> None:
-    cfg = EnvConfig(restart_share=0.9, restart_max_states=5, no_progress_terminate_steps=20)
+    cfg = EnvConfig(restarts={"share": 0.9, "max_states": 5}, reward={"no_progress_cut_steps": 20})
     env = make_env(cfg)
     wrapper = restarts_of(env)
     env.reset(seed=0)
     first, episode = walk_right_episode(env)  # walking right, a Goomba ends it at ~296
     assert not first["restart"] and not episode.restart and episode.start_x == START_X
-    death_bucket = episode.max_x_pos // cfg.restart_bucket_px
+    death_bucket = episode.max_x_pos // cfg.restarts.bucket_px
     starts = []
     for _ in range(6):
         first, episode = walk_right_episode(env)
@@ -191,37 +192,39 @@ def test_restarts_aim_a_run_up_before_recent_deaths_and_stay_bounded() -> None:
     restarted = [x for x in starts if x is not None]
     assert restarted, starts
     for x in restarted:
-        assert x > START_X and x // cfg.restart_bucket_px <= death_bucket - 3
+        assert x > START_X and x // cfg.restarts.bucket_px <= death_bucket - 3
     env.close()
 
 
 def test_a_run_up_range_spreads_restarts_over_the_approach() -> None:
     cfg = EnvConfig(
-        restart_share=0.9,
-        restart_runup_buckets=2,
-        restart_runup_max_buckets=7,
-        restart_states_per_bucket=4,
-        no_progress_terminate_steps=20,
+        restarts={
+            "share": 0.9,
+            "runup_buckets": 2,
+            "runup_max_buckets": 7,
+            "states_per_bucket": 4,
+        },
+        reward={"no_progress_cut_steps": 20},
     )
     env = make_env(cfg)
     wrapper = restarts_of(env)
     env.reset(seed=0)
     _, episode = walk_right_episode(env)
-    death_bucket = episode.max_x_pos // cfg.restart_bucket_px
+    death_bucket = episode.max_x_pos // cfg.restarts.bucket_px
     rng = np.random.default_rng(0)
     assert {wrapper.archive.draw_runup(rng) for _ in range(200)} == set(range(2, 8))
     gaps = set()
     for _ in range(20):
         _, episode = walk_right_episode(env)
         if episode.restart:
-            gaps.add(death_bucket - episode.start_x // cfg.restart_bucket_px)
+            gaps.add(death_bucket - episode.start_x // cfg.restarts.bucket_px)
     assert gaps and all(2 <= gap <= 7 for gap in gaps), gaps
     assert len(gaps) >= 2, gaps  # not one fixed distance
     env.close()
 
 
 def test_restart_share_anneals_as_stage_start_episodes_clear() -> None:
-    env = make_env(EnvConfig(restart_share=0.5))
+    env = make_env(EnvConfig(restarts={"share": 0.5}))
     wrapper = restarts_of(env)
     assert wrapper.restart_probability("1-1") == pytest.approx(0.5)
     wrapper._clears["1-1"] = deque([True, False] * (ANNEAL_EPISODES // 2))
@@ -235,7 +238,7 @@ def test_restart_share_anneals_as_stage_start_episodes_clear() -> None:
 
 
 def test_restarts_happen_inside_worker_processes() -> None:
-    cfg = EnvConfig(restart_share=0.9, no_progress_terminate_steps=20)
+    cfg = EnvConfig(restarts={"share": 0.9}, reward={"no_progress_cut_steps": 20})
     episodes = []
     with VectorEnv(cfg, n_envs=1, seed=0, mode="process") as venv:
         venv.reset()
@@ -303,11 +306,9 @@ def run_with_restarts(tmp_path_factory: pytest.TempPathFactory) -> tuple[MarioCo
         cli_overrides={
             "env": {
                 "n_envs": 2,
-                "no_progress_terminate_steps": 8,
-                "restart_share": 0.9,
+                "reward": {"no_progress_cut_steps": 8},
                 # fine buckets, no run-up: a random policy's short episodes restart too
-                "restart_bucket_px": 8,
-                "restart_runup_buckets": 0,
+                "restarts": {"share": 0.9, "bucket_px": 8, "runup_buckets": 0},
             },
             "algo": {"n_steps": 32, "batch_size": 32, "n_epochs": 1},
             "train": {"total_timesteps": 256, "artifacts_dir": str(artifacts), "run_name": "r"},
@@ -331,8 +332,8 @@ def test_a_run_with_restarts_tags_its_episodes(run_with_restarts) -> None:
 
 def test_eval_starts_at_the_stage_start_whatever_the_restart_settings(run_with_restarts) -> None:
     _, final = run_with_restarts
-    agent = load_agent(final, {"no_progress_terminate_steps": 20})
-    assert agent.cfg.env.restart_share == 0.0
+    agent = load_agent(final, {"reward": {"no_progress_cut_steps": 20}})
+    assert agent.cfg.env.restarts.share == 0.0
     env = make_env(agent.cfg.env)
     env.reset(seed=0)
     for _ in range(4):  # walking right dies at the same Goomba: a restart would aim there

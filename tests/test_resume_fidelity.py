@@ -60,7 +60,7 @@ def fidelity_config(tmp_path: Path, model: dict[str, Any], replay: dict[str, Any
             "env": {
                 "n_envs": 2,
                 "vector_mode": "sync",
-                "no_progress_terminate_steps": 0,
+                "reward": {"no_progress_cut_steps": 0},
                 "wrappers": [*EnvConfig().wrappers, "one_rollout"],
             },
             "model": {"hidden_size": 64, "recurrent_hidden": 32, **model},

@@ -25,7 +25,7 @@ def run(cfg: EnvConfig, actions: list[int]) -> list[tuple[float, bool, bool, dic
 
 
 def test_walking_right_earns_progress_on_new_best_x_only() -> None:
-    cfg = EnvConfig(reward_mode="progress", progress_scale=0.1, stall_penalty=0.0)
+    cfg = EnvConfig(reward_mode="progress", reward={"progress_scale": 0.1, "stall_penalty": 0.0})
     steps = run(cfg, [RIGHT] * 20 + [6] * 12 + [RIGHT] * 5)  # 6 = left in the simple set
     start_x = steps[0][3]["x_pos"]
     best = start_x
@@ -45,7 +45,9 @@ def test_walking_right_earns_progress_on_new_best_x_only() -> None:
 
 
 def test_dying_costs_the_death_penalty() -> None:
-    cfg = EnvConfig(reward_mode="progress", death_penalty=3.0, no_progress_terminate_steps=0)
+    cfg = EnvConfig(
+        reward_mode="progress", reward={"death_penalty": 3.0, "no_progress_cut_steps": 0}
+    )
     steps = run(cfg, [RIGHT] * 200)
     reward, terminated, _, info = steps[-1]
     assert terminated and not info["flag_get"]
@@ -56,10 +58,12 @@ def test_dying_costs_the_death_penalty() -> None:
 def test_stalling_costs_the_stall_penalty_and_cuts_the_episode() -> None:
     cfg = EnvConfig(
         reward_mode="progress",
-        stall_penalty=0.05,
-        stall_steps=10,
-        no_progress_terminate_steps=30,
-        no_progress_terminate_penalty=1.0,
+        reward={
+            "stall_penalty": 0.05,
+            "stall_steps": 10,
+            "no_progress_cut_steps": 30,
+            "no_progress_cut_penalty": 1.0,
+        },
     )
     steps = run(cfg, [NOOP] * 100)
     stall = [s[3]["reward_terms"]["stall"] for s in steps[1:]]
@@ -75,10 +79,12 @@ def test_stalling_costs_the_stall_penalty_and_cuts_the_episode() -> None:
 def test_backward_penalty_and_milestones() -> None:
     cfg = EnvConfig(
         reward_mode="progress",
-        backward_penalty_scale=0.5,
-        milestone_bonus=2.0,
-        milestone_every=100,
-        no_progress_terminate_steps=0,
+        reward={
+            "backward_penalty_scale": 0.5,
+            "milestone_bonus": 2.0,
+            "milestone_every": 100,
+            "no_progress_cut_steps": 0,
+        },
     )
     steps = run(cfg, [RIGHT] * 25 + [6] * 4)
     milestones = sum(s[3]["reward_terms"]["milestone"] for s in steps[1:])
@@ -90,16 +96,18 @@ def test_backward_penalty_and_milestones() -> None:
 
 def test_raw_clip_and_score_modes_agree_with_the_env_reward() -> None:
     actions = [RIGHT_A if i % 8 < 5 else RIGHT for i in range(60)]
-    raw = run(EnvConfig(reward_mode="raw", no_progress_terminate_steps=0), actions)
-    clip = run(EnvConfig(reward_mode="clip", no_progress_terminate_steps=0), actions)
+    raw = run(EnvConfig(reward_mode="raw", reward={"no_progress_cut_steps": 0}), actions)
+    clip = run(EnvConfig(reward_mode="clip", reward={"no_progress_cut_steps": 0}), actions)
     score = run(
         EnvConfig(
             reward_mode="score",
-            score_scale=0.1,
-            score_divisor=40,
-            flag_bonus=5,
-            death_penalty=5,
-            no_progress_terminate_steps=0,
+            reward={
+                "score_scale": 0.1,
+                "score_divisor": 40,
+                "flag_bonus": 5,
+                "death_penalty": 5,
+                "no_progress_cut_steps": 0,
+            },
         ),
         actions,
     )

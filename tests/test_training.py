@@ -23,7 +23,7 @@ from tests.conftest import run_mario
 
 def tiny_config(tmp_path: Path, **sections: dict) -> MarioConfig:
     overrides = {
-        "env": {"n_envs": 2, "no_progress_terminate_steps": 40},
+        "env": {"n_envs": 2, "reward": {"no_progress_cut_steps": 40}},
         "algo": {"n_steps": 16, "batch_size": 16, "n_epochs": 2},
         "train": {"total_timesteps": 64, "artifacts_dir": str(tmp_path / "artifacts")},
     }

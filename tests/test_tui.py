@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from mario_cli.config import MarioConfig, UiConfig
+from mario_cli.config import HintsConfig, MarioConfig
 from mario_cli.diagnostics import HintEngine
 from mario_cli.events import (
     CheckpointSaved,
@@ -143,7 +143,7 @@ def stalled_script() -> list[Event]:
     for i in range(1, 3):
         events += [episode(i, 314), iteration(i)]
     events.append(CheckpointSaved(4096, CKPT, "periodic"))
-    for i in range(3, 3 + UiConfig().stall_iterations):
+    for i in range(3, 3 + MarioConfig().hints.updates_stalled.iterations):
         events += [episode(i, 594), iteration(i, **STALLED)]
     return events
 
@@ -535,7 +535,7 @@ def test_tui_without_a_terminal_says_so_and_shows_the_plain_display(
     from mario_cli.cli.train import run_training
 
     seen = _fake_trainer(monkeypatch)
-    run_training(MarioConfig(ui={"ui": "tui"}))
+    run_training(MarioConfig(ui={"mode": "tui"}))
     assert seen["sinks"] == [seen["jsonl"], seen["console_sink"]]
     assert "--ui tui needs a terminal" in capsys.readouterr().out
 
@@ -564,7 +564,7 @@ def test_plain_ui_never_imports_textual() -> None:
         "import mario_cli.cli\n"
         "from mario_cli.cli.train import build_sinks\n"
         "from mario_cli.config import load_config\n"
-        "cfg = load_config(None, {'ui': {'ui': 'plain'}})\n"
+        "cfg = load_config(None, {'ui': {'mode': 'plain'}})\n"
         "sinks = build_sinks(cfg)\n"
         "[sink.close() for sink in sinks]\n"
         "bad = [m for m in ('textual', 'textual_plotext', 'mario_cli.tui') if m in sys.modules]\n"
@@ -588,7 +588,7 @@ def test_monitor_shows_the_last_iteration_of_metrics_jsonl(tmp_path: Path) -> No
     write_records(path, events)
     last = [e for e in events if isinstance(e, IterationStats)][-1]
     running = [True]
-    app = monitor_app(path, UiConfig(), is_running=lambda: running[0], poll_interval=0.02)
+    app = monitor_app(path, HintsConfig(), is_running=lambda: running[0], poll_interval=0.02)
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
@@ -632,7 +632,7 @@ def test_monitor_shows_the_last_iteration_of_metrics_jsonl(tmp_path: Path) -> No
 def test_monitor_replays_a_rewritten_file_from_the_start(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     write_records(path, healthy_script(5))
-    app = monitor_app(path, UiConfig(), is_running=lambda: True, poll_interval=0.02)
+    app = monitor_app(path, HintsConfig(), is_running=lambda: True, poll_interval=0.02)
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
@@ -678,7 +678,7 @@ def test_snapshot_monitor_of_a_finished_run(snap_compare: Any, tmp_path: Path) -
     path = tmp_path / "metrics.jsonl"
     done = RunFinished(14336, "finished", "reached total_timesteps", CKPT, None)
     write_records(path, [*stalled_script(), done])
-    app = monitor_app(path, UiConfig(), poll_interval=0.02)
+    app = monitor_app(path, HintsConfig(), poll_interval=0.02)
 
     async def run_before(pilot: Any) -> None:
         await until(pilot, lambda: app.outcome.done.is_set())

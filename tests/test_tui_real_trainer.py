@@ -28,7 +28,7 @@ ROLLOUT = 32  # 2 envs x 16 steps
 def tiny_config(tmp_path: Path, **train: Any):
     return load_config(
         cli_overrides={
-            "env": {"n_envs": 2, "n_workers": 2, "no_progress_terminate_steps": 40},
+            "env": {"n_envs": 2, "n_workers": 2, "reward": {"no_progress_cut_steps": 40}},
             "algo": {"n_steps": 16, "batch_size": 32, "n_epochs": 1},
             "train": {
                 "total_timesteps": 100_000,

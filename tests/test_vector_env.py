@@ -21,7 +21,7 @@ def scripted_actions(steps: int, n_envs: int) -> np.ndarray:
 
 
 def test_two_workers_match_sync_mode_step_for_step() -> None:
-    cfg = EnvConfig(n_envs=4, no_progress_terminate_steps=0)
+    cfg = EnvConfig(n_envs=4, reward={"no_progress_cut_steps": 0})
     actions = scripted_actions(70, 4)
     runs = {}
     for mode in ("sync", "process"):
@@ -46,7 +46,7 @@ def test_two_workers_match_sync_mode_step_for_step() -> None:
 
 
 def test_autoreset_keeps_final_observation_and_episode_stats() -> None:
-    cfg = EnvConfig(n_envs=1, no_progress_terminate_steps=0)
+    cfg = EnvConfig(n_envs=1, reward={"no_progress_cut_steps": 0})
     with VectorEnv(cfg, seed=0, mode="sync") as venv:
         venv.reset()
         for _ in range(200):
@@ -61,7 +61,7 @@ def test_autoreset_keeps_final_observation_and_episode_stats() -> None:
 
 
 def test_several_envs_per_worker() -> None:
-    cfg = EnvConfig(n_envs=5, no_progress_terminate_steps=0)
+    cfg = EnvConfig(n_envs=5, reward={"no_progress_cut_steps": 0})
     with VectorEnv(cfg, seed=1, mode="process", n_workers=2) as venv:
         obs, infos = venv.reset()
         assert obs.shape == (5, 4, 84, 84)

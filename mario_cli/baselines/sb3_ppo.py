@@ -50,7 +50,7 @@ class _EpisodeInfoForSB3(gym.Wrapper):
 def classic_env_config(env_id: str) -> EnvConfig:
     # The env as the classic recipes had it: the env's own reward, no cut, A held as is.
     return EnvConfig(
-        env_id=env_id, reward_mode="raw", no_progress_terminate_steps=0, jump_press=False
+        env_id=env_id, reward_mode="raw", reward={"no_progress_cut_steps": 0}, jump_press=False
     )
 
 

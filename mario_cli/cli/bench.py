@@ -105,7 +105,7 @@ def train(
         from mario_cli.baselines.sb3_ppo import _require_sb3
 
         _require_sb3()
-    cfg = load_config(config, {"ui": {"ui": "quiet"}})
+    cfg = load_config(config, {"ui": {"mode": "quiet"}})
     with console.status("measuring", spinner="dots") as status:
         result = bench_train(
             cfg, steps, vs_sb3, rounds, lambda what: status.update(what), same_settings
@@ -410,10 +410,20 @@ def learn_report(
 
 
 def _variant_flags(variant: dict[str, dict[str, Any]]) -> str:
+    """The variant as the flags that set it now (older results name keys that moved)."""
+    from mario_cli.config import flag_of, upgrade_keys
+
     parts = []
-    for values in variant.values():
+    for section, values in upgrade_keys(variant).items():
         for key, value in values.items():
-            if isinstance(value, list):
-                value = ",".join(str(v) for v in value)
-            parts.append(f"--{key.replace('_', '-')} {value}")
+            for path, leaf in _leaves((section, key), value):
+                if isinstance(leaf, list):
+                    leaf = ",".join(str(v) for v in leaf)
+                parts.append(f"{flag_of(path)} {leaf}")
     return " ".join(parts)
+
+
+def _leaves(path: tuple[str, ...], value: Any) -> list[tuple[tuple[str, ...], Any]]:
+    if isinstance(value, dict):
+        return [leaf for key, item in value.items() for leaf in _leaves((*path, key), item)]
+    return [(path, value)]

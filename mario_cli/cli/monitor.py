@@ -32,14 +32,14 @@ def monitor(
 
     from mario_cli.tui.app import monitor_app
 
-    app = monitor_app(paths.metrics, cfg.ui, is_running=lambda: paths.running_pid() is not None)
+    app = monitor_app(paths.metrics, cfg.hints, is_running=lambda: paths.running_pid() is not None)
     app.run()
     if app.outcome.error is not None:
         raise app.outcome.error
 
 
 def monitor_config(run_config: Path, config: Path | None) -> MarioConfig:
-    """The run's saved config (its ui thresholds), under --config if given."""
+    """The run's saved config (its hint thresholds), under --config if given."""
     if run_config.is_file():
         try:
             return load_config(config, base=read_toml(run_config))

@@ -17,15 +17,19 @@ from typing import Any, Literal
 
 import typer
 
-from mario_cli.config import SECTIONS, component_flag, ensure_components, plain_keys, tables_of
+from mario_cli.config import (
+    SECTIONS,
+    ensure_components,
+    flag_of,
+    moved_keys,
+    notify,
+    plain_keys,
+    tables_of,
+)
 
 # Sections whose keys become flags of train/resume/tune.
-TRAIN_SECTIONS = ("env", "model", "algo", "replay", "train", "ui")
+TRAIN_SECTIONS = ("env", "model", "algo", "replay", "train", "ui", "hints")
 _NONE_WORDS = {"none", "null", "off"}
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def _describe_type(annotation: Any) -> tuple[str, bool, bool]:
@@ -50,11 +54,16 @@ NO_FLAG = {("tune", "space")}
 
 
 class FlagField:
-    """One flag: where its value goes (``path``), its text and its field."""
+    """One flag: where its value goes (``path``), its text and its field. A flag that
+    ``replaces`` another is a hidden old spelling that still sets the key."""
 
-    def __init__(self, path: tuple[str, ...], flag: str, field: Any) -> None:
-        self.path, self.flag, self.field = path, flag, field
+    def __init__(
+        self, path: tuple[str, ...], flag: str, field: Any, replaces: str | None = None
+    ) -> None:
+        self.path, self.flag, self.field, self.replaces = path, flag, field, replaces
         self.param = "__".join(path).replace("-", "_").replace(".", "_")
+        if replaces is not None:
+            self.param = "old__" + flag.removeprefix("--").replace("-", "_")
 
     @property
     def panel(self) -> str:
@@ -62,18 +71,20 @@ class FlagField:
 
 
 def _flag_fields(sections: tuple[str, ...]) -> list[FlagField]:
-    """A flag per plain key (``--key``) and per component key (``--<component>-<key>``)."""
+    """A flag per plain key (``--key``) and per component key (``--<component>-<key>``),
+    and the old flag of each key that moved, where its spelling changed."""
     ensure_components()
     fields = []
     for section in sections:
         model = SECTIONS[section]
         for name in plain_keys(section):
             if (section, name) not in NO_FLAG:
-                fields.append(FlagField((section, name), _flag(name), model.model_fields[name]))
+                path = (section, name)
+                fields.append(FlagField(path, flag_of(path), model.model_fields[name]))
         for component, settings in tables_of(section).items():
             for key, field in settings.model_fields.items():
-                flag = component_flag(component, key)
-                fields.append(FlagField((section, component, key), flag, field))
+                path = (section, component, key)
+                fields.append(FlagField(path, flag_of(path), field))
     seen: dict[str, FlagField] = {}
     for field in fields:
         other = seen.setdefault(field.flag, field)
@@ -81,6 +92,13 @@ def _flag_fields(sections: tuple[str, ...]) -> list[FlagField]:
             raise RuntimeError(
                 f"{field.flag} is defined by {'.'.join(other.path)} and {'.'.join(field.path)}"
             )
+    by_path = {field.path: field for field in fields}
+    for (section, old), path in moved_keys().items():
+        new = by_path.get(path)
+        old_flag = "--" + old.replace("_", "-")
+        if section in sections and new is not None and old_flag not in seen:
+            seen[old_flag] = FlagField(path, old_flag, new.field, replaces=new.flag)
+            fields.append(seen[old_flag])
     return fields
 
 
@@ -118,6 +136,7 @@ def config_options(sections: tuple[str, ...] = TRAIN_SECTIONS) -> Callable[..., 
                 metavar=metavar or None,
                 rich_help_panel=flag.panel,
                 show_default=False,
+                hidden=flag.replaces is not None,
             )
             annotation = bool | None if is_bool else str | None
             added.append(
@@ -132,14 +151,19 @@ def config_options(sections: tuple[str, ...] = TRAIN_SECTIONS) -> Callable[..., 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             overrides: dict[str, Any] = {}
-            for flag in fields:
+            for flag in fields:  # the current flags come first: they win over old ones
                 value = kwargs.pop(flag.param, None)
                 if value is None:
                     continue
+                if flag.replaces is not None:
+                    notify(
+                        f"flag {flag.flag} is now {flag.replaces}; "
+                        "the old flag still works in this release"
+                    )
                 node = overrides
                 for part in flag.path[:-1]:
                     node = node.setdefault(part, {})
-                node[flag.path[-1]] = _parse_value(value, flag.field.annotation)
+                node.setdefault(flag.path[-1], _parse_value(value, flag.field.annotation))
             return fn(*args, overrides=overrides, **kwargs)
 
         wrapper.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from mario_cli.cli.console import console
-from mario_cli.config import component_flag
+from mario_cli.config import component_flag, table_name
 from mario_cli.plugins import KIND_SECTIONS, KINDS, Component, get_host
 
 
@@ -19,7 +19,7 @@ def _options(kind: str, component: Component) -> str:
         return ""
     parts = [component_flag(component.name, key) for key in settings.model_fields]
     if settings.model_fields:
-        parts.insert(0, f"[{KIND_SECTIONS[kind]}.{component.name}]")
+        parts.insert(0, f"[{KIND_SECTIONS[kind]}.{table_name(component.name)}]")
     parts += [f"{key} = {value!r}" for key, value in settings.section_defaults.items()]
     return " ".join(parts)
 

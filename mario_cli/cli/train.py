@@ -129,8 +129,7 @@ def build_sinks(cfg: MarioConfig) -> list[Any]:
         from mario_cli.sinks.wandb import WandbSink
 
         sinks.append(WandbSink())
-    ui = cfg.ui.ui
-    sinks.append(ConsoleSink(console, quiet=ui == "quiet"))
+    sinks.append(ConsoleSink(console, quiet=cfg.ui.mode == "quiet"))
     return sinks
 
 
@@ -145,7 +144,7 @@ def run_training(cfg: MarioConfig, resume_from: Path | None = None) -> None:
     control = TrainingControl()
     sinks = build_sinks(cfg)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    use_tui = cfg.ui.ui == "tui" or (cfg.ui.ui == "auto" and interactive)
+    use_tui = cfg.ui.mode == "tui" or (cfg.ui.mode == "auto" and interactive)
     if use_tui and not interactive:
         console.print("[yellow]note:[/] --ui tui needs a terminal; showing the plain display")
         use_tui = False

@@ -14,8 +14,9 @@ from mario_cli.errors import NonFiniteLossError
 from mario_cli.training.schedules import make_scheduler
 
 
-class Optimiser:
-    """Owns the optimizer, the lr schedule and the grad scaler of one policy.
+class GradientStepper:
+    """Turns losses into parameter updates for one policy: owns the torch optimizer
+    (AdamW), the lr schedule, the grad scaler and the autocast context.
 
     ``backward(loss)`` accumulates ``grad_accum_steps`` minibatches before each
     optimizer step; ``end_update()`` advances the lr schedule once per rollout.

@@ -59,7 +59,7 @@ from mario_cli.training.device import (
     seed_everything,
     should_compile,
 )
-from mario_cli.training.optim import Optimiser
+from mario_cli.training.optim import GradientStepper
 from mario_cli.training.rollout import RolloutBatch, RolloutStorage
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ class Trainer:
         self.policy, self.backbone = build_policy(cfg, self.obs_shape, self.n_actions, self.device)
         rollout_size = cfg.algo.n_steps * cfg.env.n_envs
         total_updates = max(1, cfg.train.total_timesteps // rollout_size)
-        self.optimiser = Optimiser(
+        self.optimiser = GradientStepper(
             self.policy.parameters(), cfg.algo, total_updates, self.device, amp_dtype, use_scaler
         )
         self.algorithm = build_algorithm(cfg, self.policy, self.optimiser, self.obs_shape)
@@ -603,7 +603,7 @@ class Trainer:
             self.emit(EpisodeEnd.of(step, index, episode))
 
     def _rollout_metrics(self) -> dict[str, float]:
-        return rollout_metrics(list(self.episodes), self.cfg.env.restart_share > 0)
+        return rollout_metrics(list(self.episodes), self.cfg.env.settings_of("restarts").share > 0)
 
     def _maybe_save_best(self, metrics: dict[str, float]) -> None:
         # Judge only once the window holds enough stage-start episodes to mean something.

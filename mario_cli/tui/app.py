@@ -26,7 +26,7 @@ from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Footer, Static
 
-from mario_cli.config import MarioConfig, UiConfig
+from mario_cli.config import HintsConfig, MarioConfig
 from mario_cli.events import Event, RunFinished
 from mario_cli.tui.screens import ConfirmQuit, HelpScreen
 from mario_cli.tui.sources import (
@@ -127,12 +127,12 @@ class MarioApp(App[None]):
         Binding("ctrl+c", "stop_now", "stop", show=False, priority=True),
     ]
 
-    def __init__(self, source: Any, ui: UiConfig, title: str = "mario") -> None:
+    def __init__(self, source: Any, thresholds: HintsConfig, title: str = "mario") -> None:
         super().__init__()
         self.source = source
         self.control: ControlLike | None = getattr(source, "control", None)
         self.read_only = bool(source.read_only)
-        self.ui = ui
+        self.thresholds = thresholds
         self.title = title
         self.state = RunState()
         self.sink: EventSink = AppSink(self)
@@ -148,7 +148,7 @@ class MarioApp(App[None]):
         with Horizontal(id="body"):
             with Vertical(id="left"):
                 yield _titled(MetricsTable(id="metrics"), "metrics")
-                yield _titled(DiagnosticsTable(self.ui, id="diagnostics"), "diagnostics")
+                yield _titled(DiagnosticsTable(self.thresholds, id="diagnostics"), "diagnostics")
             with Vertical(id="right"):
                 with Grid(id="plots"):
                     for metric in PLOTS:
@@ -324,15 +324,15 @@ def training_app(
 ) -> MarioApp:
     """The app ``mario train`` / ``mario resume`` run; ``make_trainer(sink)`` builds the trainer
     with the app's sink added to its sinks."""
-    return MarioApp(TrainerSource(make_trainer, control), cfg.ui, title="mario train")
+    return MarioApp(TrainerSource(make_trainer, control), cfg.hints, title="mario train")
 
 
 def monitor_app(
     metrics: Path,
-    ui: UiConfig,
+    thresholds: HintsConfig,
     is_running: Callable[[], bool] | None = None,
     poll_interval: float = 0.5,
 ) -> MarioApp:
     """The read-only app ``mario monitor`` runs on a run's metrics.jsonl."""
     source = MetricsFileSource(metrics, poll_interval=poll_interval, is_running=is_running)
-    return MarioApp(source, ui, title="mario monitor")
+    return MarioApp(source, thresholds, title="mario monitor")

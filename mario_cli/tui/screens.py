@@ -17,7 +17,7 @@ HELP_TEXT = """\
 [b]ctrl+c[/]  save a checkpoint and stop, without asking
 [b]?[/]       this help
 
-Diagnostics turn [yellow]warn[/] or [red]bad[/] at the thresholds of the [b]\\[ui][/] config
+Diagnostics turn [yellow]warn[/] or [red]bad[/] at the thresholds of the [b]\\[hints][/] config
 section (see `mario config show`). Hints come from the registered hint rules
 (`mario plugins`); each one ends with a command to paste."""
 

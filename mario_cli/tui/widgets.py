@@ -9,7 +9,7 @@ from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
 
 from mario_cli import metric_names as names
-from mario_cli.config import UiConfig
+from mario_cli.config import HintsConfig
 from mario_cli.diagnostics import BAD, OK, WARN, diagnose
 from mario_cli.events import Hint
 from mario_cli.sinks.console import GROUPS, format_value
@@ -140,9 +140,9 @@ class MetricPlot(PlotextPlot):
 class DiagnosticsTable(DataTable):
     """approx_kl, clip_fraction, entropy, explained_variance, value_loss: ok / warn / bad."""
 
-    def __init__(self, ui: UiConfig, **kwargs: object) -> None:
+    def __init__(self, thresholds: HintsConfig, **kwargs: object) -> None:
         super().__init__(**kwargs)
-        self.ui = ui
+        self.thresholds = thresholds
         self.states: dict[str, str] = {}
 
     def on_mount(self) -> None:
@@ -153,7 +153,7 @@ class DiagnosticsTable(DataTable):
 
     def show(self, metrics: dict[str, float]) -> None:
         first = not self.states
-        for reading in diagnose(metrics, self.ui):
+        for reading in diagnose(metrics, self.thresholds):
             value = "-" if reading.value is None else format_value(reading.value)
             state = Text(reading.state, style=STATE_STYLES.get(reading.state, "dim"))
             self.states[reading.name] = reading.state

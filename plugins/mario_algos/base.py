@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from mario_algos.offpolicy import store_and_replay
-from mario_cli.api import MarioConfig, Optimiser, RolloutBatch
+from mario_cli.api import GradientStepper, MarioConfig, RolloutBatch
 from mario_cli.api import metric_names as names
 
 
@@ -25,7 +25,11 @@ class Algorithm:
     asynchronous = False  # True: the trainer collects the next rollout during update
 
     def __init__(
-        self, policy: torch.nn.Module, cfg: MarioConfig, optimiser: Optimiser, replay: Any = None
+        self,
+        policy: torch.nn.Module,
+        cfg: MarioConfig,
+        optimiser: GradientStepper,
+        replay: Any = None,
     ) -> None:
         self.policy = policy
         self.cfg = cfg.algo

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mario_cli.api import Optimiser
+from mario_cli.api import GradientStepper
 from mario_cli.api import metric_names as names
 
 RHO_CLIP = 1.0
@@ -52,7 +52,7 @@ def store_and_replay(
 
 def replay_update(
     policy: torch.nn.Module,
-    optimiser: Optimiser,
+    optimiser: GradientStepper,
     replay: Any,
     cfg: Any,
     batch_size: int,

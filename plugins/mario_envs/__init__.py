@@ -7,6 +7,7 @@ env is built, so commands that only read the config start fast.
 from __future__ import annotations
 
 from mario_cli.api import Register, WrapperFactory, hookimpl
+from mario_envs.settings import RestartsSettings, RewardSettings
 
 
 @hookimpl
@@ -14,6 +15,6 @@ def register_wrappers(register: Register[WrapperFactory]) -> None:
     register("frame_skip", "mario_envs.wrappers:frame_skip")
     register("grayscale", "mario_envs.wrappers:grayscale")
     register("resize", "mario_envs.wrappers:resize")
-    register("reward", "mario_envs.rewards:MarioReward")
+    register("reward", "mario_envs.rewards:MarioReward", settings=RewardSettings)
     register("frame_stack", "mario_envs.wrappers:frame_stack")
-    register("restarts", "mario_envs.restarts:FrontierRestarts")
+    register("restarts", "mario_envs.restarts:FrontierRestarts", settings=RestartsSettings)

@@ -181,15 +181,16 @@ class FrontierRestarts(gym.Wrapper):
         super().__init__(env)
         core = env.unwrapped
         self._core = core if isinstance(core, MarioCore) else None
-        self.share = float(cfg.restart_share)
+        own = cfg.settings_of("restarts")
+        self.share = float(own.share)
         self.enabled = self.share > 0 and self._core is not None
-        runup = int(cfg.restart_runup_buckets)
+        runup = int(own.runup_buckets)
         # Archive keys are (stage label, world, stage): a whole-game env plays many stages.
         self.archive = FrontierArchive(
-            cfg.restart_bucket_px,
-            cfg.restart_states_per_bucket,
-            cfg.restart_max_states,
-            runup=(runup, max(runup, int(cfg.restart_runup_max_buckets))),
+            own.bucket_px,
+            own.states_per_bucket,
+            own.max_states,
+            runup=(runup, max(runup, int(own.runup_max_buckets))),
         )
         self._rng = np.random.default_rng()
         self._clears: dict[str, deque[bool]] = {}

@@ -15,6 +15,14 @@ from mario_hints.rules import (
     updates_stalled,
     value_not_learning,
 )
+from mario_hints.settings import (
+    EntropyCollapsedSettings,
+    KlTooLargeSettings,
+    ProgressPlateauSettings,
+    ProgressStalledSettings,
+    UpdatesStalledSettings,
+    ValueNotLearningSettings,
+)
 
 RULES = {
     "updates-stalled": updates_stalled,
@@ -26,7 +34,17 @@ RULES = {
 }
 
 
+SETTINGS = {
+    "updates-stalled": UpdatesStalledSettings,
+    "entropy-collapsed": EntropyCollapsedSettings,
+    "kl-too-large": KlTooLargeSettings,
+    "value-not-learning": ValueNotLearningSettings,
+    "progress-plateau": ProgressPlateauSettings,
+    "progress-stalled": ProgressStalledSettings,
+}
+
+
 @hookimpl
 def register_hints(register: Register[HintRule]) -> None:
     for name, rule in RULES.items():
-        register(name, rule)
+        register(name, rule, settings=SETTINGS[name])

@@ -1,7 +1,9 @@
 """The built-in hint rules: ``rule(history, cfg) -> list[Hint]``.
 
 Each rule looks at a window of recent iterations or episodes, fires only when the
-whole window shows the symptom, and suggests one ``mario resume`` line to try.
+whole window shows the symptom, and suggests one ``mario resume`` line to try. Its
+thresholds are its ``[hints.<rule>]`` table (``cfg.hints.settings_of(name)``) and the
+panel's shared ``[hints]`` keys.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ def _all(window: list[dict[str, float]], test: Any) -> bool:
 
 
 def updates_stalled(history: History, cfg: MarioConfig) -> list[Hint]:
-    """approx_kl ~ 0, clip_fraction = 0 and policy loss ~ 0 for ``stall_iterations``."""
-    ui = cfg.ui
+    """approx_kl ~ 0, clip_fraction = 0 and policy loss ~ 0 for ``iterations``."""
+    own = cfg.hints.settings_of("updates-stalled")
 
     def stalled(m: dict[str, float]) -> bool:
         kl = m.get(names.TRAIN_APPROX_KL)
@@ -45,9 +47,9 @@ def updates_stalled(history: History, cfg: MarioConfig) -> list[Hint]:
         pg = m.get(names.TRAIN_POLICY_GRADIENT_LOSS)
         if kl is None or clip is None or pg is None:
             return False
-        return abs(kl) < ui.stall_kl and clip <= 0.0 and abs(pg) < ui.stall_policy_loss
+        return abs(kl) < own.kl and clip <= 0.0 and abs(pg) < own.policy_loss
 
-    if not _all(history.recent(ui.stall_iterations), stalled):
+    if not _all(history.recent(own.iterations), stalled):
         return []
     algo = cfg.algo
     flags = [f"--learning-rate {algo.learning_rate * 2:g}", f"--ent-coef {_more(algo.ent_coef):g}"]
@@ -59,21 +61,22 @@ def updates_stalled(history: History, cfg: MarioConfig) -> list[Hint]:
             "updates-stalled",
             "bad",
             f"the policy has stopped changing: approx_kl ~ 0, clip_fraction = 0 and policy "
-            f"loss ~ 0 for {ui.stall_iterations} iterations (advantages or learning rate ~ 0)",
+            f"loss ~ 0 for {own.iterations} iterations (advantages or learning rate ~ 0)",
             retry_command(history, cfg, flags),
         )
     ]
 
 
 def entropy_collapsed(history: History, cfg: MarioConfig) -> list[Hint]:
-    """Entropy below ``entropy_bad`` for ``entropy_iterations``: the policy is deterministic."""
-    ui = cfg.ui
+    """Entropy below ``[hints] entropy_bad`` for ``iterations``: the policy is deterministic."""
+    bad = cfg.hints.entropy_bad
+    own = cfg.hints.settings_of("entropy-collapsed")
 
     def collapsed(m: dict[str, float]) -> bool:
         entropy = entropy_of(m)
-        return entropy is not None and entropy < ui.entropy_bad
+        return entropy is not None and entropy < bad
 
-    window = history.recent(ui.entropy_iterations)
+    window = history.recent(own.iterations)
     if not _all(window, collapsed):
         return []
     entropy = entropy_of(window[-1])
@@ -82,35 +85,36 @@ def entropy_collapsed(history: History, cfg: MarioConfig) -> list[Hint]:
             history.step,
             "entropy-collapsed",
             "bad",
-            f"policy entropy is {entropy:.3g} nats (< {ui.entropy_bad:g}) for "
-            f"{ui.entropy_iterations} iterations: the agent no longer explores",
+            f"policy entropy is {entropy:.3g} nats (< {bad:g}) for "
+            f"{own.iterations} iterations: the agent no longer explores",
             retry_command(history, cfg, [f"--ent-coef {_more(cfg.algo.ent_coef):g}"]),
         )
     ]
 
 
 def kl_too_large(history: History, cfg: MarioConfig) -> list[Hint]:
-    """approx_kl above ``kl_bad`` for ``kl_iterations``: updates overshoot."""
-    ui = cfg.ui
+    """approx_kl above ``[hints] kl_bad`` for ``iterations``: updates overshoot."""
+    thresholds = cfg.hints
+    own = thresholds.settings_of("kl-too-large")
 
     def large(m: dict[str, float]) -> bool:
         kl = m.get(names.TRAIN_APPROX_KL)
-        return kl is not None and kl > ui.kl_bad
+        return kl is not None and kl > thresholds.kl_bad
 
-    window = history.recent(ui.kl_iterations)
+    window = history.recent(own.iterations)
     if not _all(window, large):
         return []
     algo = cfg.algo
     flags = [f"--learning-rate {algo.learning_rate / 2:g}"]
-    if algo.target_kl is None or algo.target_kl > ui.kl_warn:
-        flags.append(f"--target-kl {ui.kl_warn:g}")
+    if algo.target_kl is None or algo.target_kl > thresholds.kl_warn:
+        flags.append(f"--target-kl {thresholds.kl_warn:g}")
     kl = window[-1][names.TRAIN_APPROX_KL]
     return [
         Hint(
             history.step,
             "kl-too-large",
             "warn",
-            f"approx_kl is {kl:.3g} (> {ui.kl_bad:g}) for {ui.kl_iterations} iterations: "
+            f"approx_kl is {kl:.3g} (> {thresholds.kl_bad:g}) for {own.iterations} iterations: "
             "each update moves the policy too far",
             retry_command(history, cfg, flags),
         )
@@ -118,14 +122,14 @@ def kl_too_large(history: History, cfg: MarioConfig) -> list[Hint]:
 
 
 def value_not_learning(history: History, cfg: MarioConfig) -> list[Hint]:
-    """|explained_variance| near 0 for ``explained_variance_iterations``."""
-    ui = cfg.ui
+    """|explained_variance| below ``near_zero`` for ``iterations``."""
+    own = cfg.hints.settings_of("value-not-learning")
 
     def near_zero(m: dict[str, float]) -> bool:
         ev = m.get(names.TRAIN_EXPLAINED_VARIANCE)
-        return ev is not None and abs(ev) < ui.explained_variance_zero
+        return ev is not None and abs(ev) < own.near_zero
 
-    if not _all(history.recent(ui.explained_variance_iterations), near_zero):
+    if not _all(history.recent(own.iterations), near_zero):
         return []
     algo = cfg.algo
     flags = []
@@ -138,8 +142,8 @@ def value_not_learning(history: History, cfg: MarioConfig) -> list[Hint]:
             history.step,
             "value-not-learning",
             "warn",
-            f"explained_variance has stayed within ±{ui.explained_variance_zero:g} of 0 for "
-            f"{ui.explained_variance_iterations} iterations: the value head predicts returns "
+            f"explained_variance has stayed within ±{own.near_zero:g} of 0 for "
+            f"{own.iterations} iterations: the value head predicts returns "
             "no better than a constant",
             retry_command(history, cfg, flags) if flags else None,
         )
@@ -147,19 +151,19 @@ def value_not_learning(history: History, cfg: MarioConfig) -> list[Hint]:
 
 
 def progress_plateau(history: History, cfg: MarioConfig) -> list[Hint]:
-    """Most of the last ``plateau_episodes`` episodes end at the same x, none clears."""
-    ui = cfg.ui
-    episodes = history.recent_episodes(ui.plateau_episodes)
+    """Most of the last ``episodes`` episodes end at the same x, none clears."""
+    own = cfg.hints.settings_of("progress-plateau")
+    episodes = history.recent_episodes(own.episodes)
     if not episodes or any(e.cleared for e in episodes):
         return []
     xs = [e.max_x_pos for e in episodes]
     x = int(median(xs))
-    near = sum(abs(value - x) <= ui.plateau_tolerance for value in xs)
-    if near < ui.plateau_share * len(xs):
+    near = sum(abs(value - x) <= own.tolerance for value in xs)
+    if near < own.share * len(xs):
         return []
     stage = Counter(e.stage for e in episodes).most_common(1)[0][0]
     where = f"x ~ {x} on {stage}"
-    for what in _obstacles(stage, x, ui.plateau_tolerance):
+    for what in _obstacles(stage, x, own.tolerance):
         where += f" ({what})"
     env = cfg.env
     stuck = f"{near} of the last {len(xs)} episodes ended at {where}: the agent is stuck there"
@@ -175,10 +179,10 @@ def progress_plateau(history: History, cfg: MarioConfig) -> list[Hint]:
                 retry_command(history, cfg, flags),
             )
         ]
-    penalty = env.stall_penalty
+    penalty = env.settings_of("reward").stall_penalty
     if penalty <= 0:
         penalty = _more(penalty)
-    flags = ["--reward-mode progress", f"--stall-penalty {penalty:g}", "--movement simple"]
+    flags = ["--reward-mode progress", f"--reward-stall-penalty {penalty:g}", "--movement simple"]
     if env.movement != "simple":
         flags.append("--allow-partial-init")  # another action set resizes the policy head
     return [
@@ -193,12 +197,12 @@ def progress_plateau(history: History, cfg: MarioConfig) -> list[Hint]:
 
 
 def progress_stalled(history: History, cfg: MarioConfig) -> list[Hint]:
-    """The best rolling avg_max_x_pos rose <= ``stall_progress_margin`` px in
-    ``stall_progress_steps`` agent steps while the agent clears few episodes."""
-    ui = cfg.ui
-    window = history.max_x  # the HintEngine sizes it to ui.stall_progress_steps
+    """The best rolling avg_max_x_pos rose <= ``margin`` px in ``steps`` agent steps while
+    the agent clears few episodes."""
+    own = cfg.hints.settings_of("progress-stalled")
+    window = history.max_x_over(own.steps)
     before, recent = window.best_before, window.best_recent
-    if before is None or recent is None or recent - before > ui.stall_progress_margin:
+    if before is None or recent is None or recent - before > own.margin:
         return []  # too early (no point older than the window yet) or still improving
     episodes = list(history.episodes)[-RECENT_EPISODES:]
     clear_rate = history.metrics[-1].get(names.ROLLOUT_CLEAR_RATE) if history.metrics else None
@@ -207,12 +211,13 @@ def progress_stalled(history: History, cfg: MarioConfig) -> list[Hint]:
     if clear_rate is not None and clear_rate >= CLEARS_MOST:
         return []
     message = (
-        f"rollout/avg_max_x_pos has not risen more than {ui.stall_progress_margin} px in "
+        f"rollout/avg_max_x_pos has not risen more than {own.margin} px in "
         f"{window.steps:,} agent steps (best {before:.0f} before, {recent:.0f} since)"
     )
     if clear_rate is not None:
         message += f", clear rate {clear_rate:.0%}"
-    ends = _where_episodes_end(episodes, ui.plateau_tolerance)
+    # Where episodes end is grouped as the plateau rule groups them.
+    ends = _where_episodes_end(episodes, cfg.hints.settings_of("progress-plateau").tolerance)
     flags, lever = _stall_lever(cfg)
     if ends:
         message += f"; {ends}: {lever} may get the agent past them"
@@ -228,8 +233,8 @@ def _stall_lever(cfg: MarioConfig) -> tuple[list[str], str]:
     env = cfg.env
     if not env.jump_press:
         return ["--jump-press"], "a jump the policy controls (A released once per landing)"
-    if env.restart_share <= 0 and "restarts" in env.wrappers:
-        return ["--restart-share 0.5"], "practice from saved states near where episodes end"
+    if env.settings_of("restarts").share <= 0 and "restarts" in env.wrappers:
+        return ["--restarts-share 0.5"], "practice from saved states near where episodes end"
     return [f"--ent-coef {_more(cfg.algo.ent_coef):g}"], "more exploration"
 
 
