@@ -884,17 +884,20 @@ def set_by_path(cfg: MarioConfig, dotted: str, value: Any) -> None:
             "e.g. algo.gamma or model.impala.blocks"
         )
     section: Any = getattr(cfg, path[0])
+    before = section.__dict__[path[1]]
     try:
         if len(path) == 3:
             # The table goes back in whole, so its checks against the section run too.
-            table = getattr(section, path[1]).model_copy()
+            table = before.model_copy()
             setattr(table, path[2], value)
             setattr(section, path[1], table)
         else:
             setattr(section, path[1], value)
     except ValidationError as exc:
+        # pydantic keeps an assignment that the section's own checks then refused
+        section.__dict__[path[1]] = before
         message = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{dotted} = {value!r} is invalid: {message}") from None
+        raise ConfigError(f"{'.'.join(path)} = {value!r} is invalid: {message}") from None
 
 
 def to_toml(data: dict[str, Any]) -> str:
