@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from mario_cli.config import EnvConfig
+from mario_cli.plugins import PluginHost, set_host
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,3 +43,14 @@ def run_mario(*args: str, env: dict[str, str] | None = None, timeout: int = 300)
         env=full_env,
         timeout=timeout,
     )
+
+
+@contextmanager
+def plugin_host(*plugins: object) -> Iterator[PluginHost]:
+    """The process-wide plugin host with ``plugins`` added, for the ``with`` block."""
+    try:
+        host = PluginHost(extra_plugins=list(plugins))
+        set_host(host)
+        yield host
+    finally:
+        set_host(None)

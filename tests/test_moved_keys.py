@@ -30,8 +30,8 @@ from mario_cli.config import (
 )
 from mario_cli.errors import ConfigError
 from mario_cli.hookspecs import hookimpl
-from mario_cli.plugins import PluginHost, set_host
-from tests.conftest import REPO
+from mario_cli.plugins import PluginHost
+from tests.conftest import REPO, plugin_host
 
 # One key of each group that moved: old section and key, new key, a good and a bad value.
 MOVED = [
@@ -47,54 +47,23 @@ MOVED = [
 ]
 IDS = [f"{section}.{old}" for section, old, *_ in MOVED]
 
-# Every [env] and [ui] key that moved, as `mario train --help` listed it before.
-OLD_KEYS = {
-    "env": [
-        "progress_scale",
-        "death_penalty",
-        "flag_bonus",
-        "stall_penalty",
-        "stall_steps",
-        "backward_penalty_scale",
-        "milestone_bonus",
-        "milestone_every",
-        "no_progress_terminate_steps",
-        "no_progress_terminate_penalty",
-        "score_scale",
-        "score_divisor",
-        "restart_share",
-        "restart_bucket_px",
-        "restart_runup_buckets",
-        "restart_runup_max_buckets",
-        "restart_states_per_bucket",
-        "restart_max_states",
-    ],
-    "ui": [
-        "ui",
-        "kl_warn",
-        "kl_bad",
-        "kl_iterations",
-        "clip_fraction_warn",
-        "clip_fraction_bad",
-        "entropy_warn",
-        "entropy_bad",
-        "entropy_iterations",
-        "explained_variance_warn",
-        "explained_variance_bad",
-        "explained_variance_zero",
-        "explained_variance_iterations",
-        "value_loss_warn",
-        "value_loss_bad",
-        "stall_iterations",
-        "stall_kl",
-        "stall_policy_loss",
-        "plateau_episodes",
-        "plateau_tolerance",
-        "plateau_share",
-        "stall_progress_steps",
-        "stall_progress_margin",
-        "hint_cooldown",
-    ],
+# Every flag of an [env] or [ui] key that moved, as `mario train --help` listed it before.
+OLD_FLAGS = {
+    "env": (
+        "--progress-scale --death-penalty --flag-bonus --stall-penalty --stall-steps "
+        "--backward-penalty-scale --milestone-bonus --milestone-every "
+        "--no-progress-terminate-steps --no-progress-terminate-penalty --score-scale "
+        "--score-divisor --restart-share --restart-bucket-px --restart-runup-buckets "
+        "--restart-runup-max-buckets --restart-states-per-bucket --restart-max-states"
+    ),
+    "ui": (
+        "--ui --kl-warn --kl-bad --kl-iterations --clip-fraction-warn --clip-fraction-bad "
+        "--entropy-warn --entropy-bad --entropy-iterations --explained-variance-warn "
+        "--explained-variance-bad --explained-variance-zero --explained-variance-iterations "
+        "--value-loss-warn --value-loss-bad --stall-iterations --stall-kl --stall-policy-loss "
+        "--plateau-episodes --plateau-tolerance --plateau-share --stall-progress-steps "
+        "--stall-progress-margin --hint-cooldown"
+    ),
 }
 
 
@@ -210,11 +179,11 @@ def test_every_old_key_has_a_new_home_and_its_flag_still_parses() -> None:
         command.commands["bench"].commands["learn"],
         command.commands["config"].commands["show"],
     ]
-    for section, keys in OLD_KEYS.items():
-        for old in keys:
+    for section, flags in OLD_FLAGS.items():
+        for old_flag in flags.split():
+            old = old_flag.removeprefix("--").replace("-", "_")
             new = key_path(f"{section}.{old}")
             assert new is not None and new != (section, old), f"{section}.{old}"
-            old_flag = "--" + old.replace("_", "-")
             for cmd in commands:
                 options = {name for p in cmd.params for name in p.opts}
                 assert old_flag in options and flag_of(new) in options, (cmd.name, old_flag)
@@ -436,10 +405,8 @@ class DeepPlugin:
 
 @pytest.fixture
 def deep_host() -> Iterator[PluginHost]:
-    host = PluginHost(extra_plugins=[DeepPlugin()])
-    set_host(host)
-    yield host
-    set_host(None)
+    with plugin_host(DeepPlugin()) as host:
+        yield host
 
 
 def test_a_component_can_take_over_a_key_of_another_section(
@@ -476,11 +443,11 @@ def test_a_legacy_key_must_name_an_own_key() -> None:
         def register_backbones(self, register: Any) -> None:
             register("wrong", lambda obs_shape, cfg: None, settings=Wrong)
 
-    try:
-        with pytest.raises(ConfigError, match="maps the old key 'ui.old' to 'missing'"):
-            set_host(PluginHost(extra_plugins=[WrongPlugin()]))
-    finally:
-        set_host(None)
+    with (
+        pytest.raises(ConfigError, match="maps the old key 'ui.old' to 'missing'"),
+        plugin_host(WrongPlugin()),
+    ):
+        pass
 
 
 def test_the_old_optimiser_name_still_imports_with_a_warning() -> None:

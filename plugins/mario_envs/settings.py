@@ -17,19 +17,25 @@ from mario_cli.api import ComponentSettings, SettingsConflict
 class RewardSettings(ComponentSettings):
     """The reward wrapper: progress and score shaping, and the no-progress cut."""
 
+    # The old flat keys had the same names, but for the no-progress cut's.
     legacy_keys: ClassVar[dict[str, str]] = {
-        "progress_scale": "progress_scale",
-        "death_penalty": "death_penalty",
-        "flag_bonus": "flag_bonus",
-        "stall_penalty": "stall_penalty",
-        "stall_steps": "stall_steps",
-        "backward_penalty_scale": "backward_penalty_scale",
-        "milestone_bonus": "milestone_bonus",
-        "milestone_every": "milestone_every",
+        **{
+            key: key
+            for key in (
+                "progress_scale",
+                "death_penalty",
+                "flag_bonus",
+                "stall_penalty",
+                "stall_steps",
+                "backward_penalty_scale",
+                "milestone_bonus",
+                "milestone_every",
+                "score_scale",
+                "score_divisor",
+            )
+        },
         "no_progress_terminate_steps": "no_progress_cut_steps",
         "no_progress_terminate_penalty": "no_progress_cut_penalty",
-        "score_scale": "score_scale",
-        "score_divisor": "score_divisor",
     }
 
     progress_scale: float = Field(0.1, ge=0, description="Reward per pixel of new best x.")
@@ -55,13 +61,17 @@ class RewardSettings(ComponentSettings):
 class RestartsSettings(ComponentSettings):
     """Frontier restarts: a share of training resets from saved states near where episodes end."""
 
+    # The old flat keys were these with a restart_ prefix.
     legacy_keys: ClassVar[dict[str, str]] = {
-        "restart_share": "share",
-        "restart_bucket_px": "bucket_px",
-        "restart_runup_buckets": "runup_buckets",
-        "restart_runup_max_buckets": "runup_max_buckets",
-        "restart_states_per_bucket": "states_per_bucket",
-        "restart_max_states": "max_states",
+        f"restart_{key}": key
+        for key in (
+            "share",
+            "bucket_px",
+            "runup_buckets",
+            "runup_max_buckets",
+            "states_per_bucket",
+            "max_states",
+        )
     }
 
     share: float = Field(

@@ -14,14 +14,17 @@ from pydantic import Field
 from mario_cli.api import ComponentSettings
 
 
+def from_ui(**keys: str) -> dict[str, str]:
+    """``legacy_keys`` for thresholds that were ``[ui]`` keys: old name -> own key."""
+    return {f"ui.{old}": new for old, new in keys.items()}
+
+
 class UpdatesStalledSettings(ComponentSettings):
     """updates-stalled: the policy has stopped changing."""
 
-    legacy_keys: ClassVar[dict[str, str]] = {
-        "ui.stall_iterations": "iterations",
-        "ui.stall_kl": "kl",
-        "ui.stall_policy_loss": "policy_loss",
-    }
+    legacy_keys: ClassVar[dict[str, str]] = from_ui(
+        stall_iterations="iterations", stall_kl="kl", stall_policy_loss="policy_loss"
+    )
 
     iterations: int = Field(5, ge=1, description="Iterations of ~zero updates before a hint.")
     kl: float = Field(1e-5, ge=0, description="approx_kl below this counts as no update.")
@@ -33,7 +36,7 @@ class UpdatesStalledSettings(ComponentSettings):
 class EntropyCollapsedSettings(ComponentSettings):
     """entropy-collapsed: entropy below [hints] entropy_bad, the policy no longer explores."""
 
-    legacy_keys: ClassVar[dict[str, str]] = {"ui.entropy_iterations": "iterations"}
+    legacy_keys: ClassVar[dict[str, str]] = from_ui(entropy_iterations="iterations")
 
     iterations: int = Field(
         3, ge=1, description="Iterations below hints.entropy_bad before a hint."
@@ -43,7 +46,7 @@ class EntropyCollapsedSettings(ComponentSettings):
 class KlTooLargeSettings(ComponentSettings):
     """kl-too-large: approx_kl above [hints] kl_bad, each update overshoots."""
 
-    legacy_keys: ClassVar[dict[str, str]] = {"ui.kl_iterations": "iterations"}
+    legacy_keys: ClassVar[dict[str, str]] = from_ui(kl_iterations="iterations")
 
     iterations: int = Field(3, ge=1, description="Iterations above hints.kl_bad before a hint.")
 
@@ -51,10 +54,9 @@ class KlTooLargeSettings(ComponentSettings):
 class ValueNotLearningSettings(ComponentSettings):
     """value-not-learning: explained_variance stays near 0."""
 
-    legacy_keys: ClassVar[dict[str, str]] = {
-        "ui.explained_variance_zero": "near_zero",
-        "ui.explained_variance_iterations": "iterations",
-    }
+    legacy_keys: ClassVar[dict[str, str]] = from_ui(
+        explained_variance_zero="near_zero", explained_variance_iterations="iterations"
+    )
 
     near_zero: float = Field(
         0.05, ge=0, description="|explained_variance| below this counts as near 0."
@@ -67,11 +69,9 @@ class ValueNotLearningSettings(ComponentSettings):
 class ProgressPlateauSettings(ComponentSettings):
     """progress-plateau: episode after episode ends at the same x."""
 
-    legacy_keys: ClassVar[dict[str, str]] = {
-        "ui.plateau_episodes": "episodes",
-        "ui.plateau_tolerance": "tolerance",
-        "ui.plateau_share": "share",
-    }
+    legacy_keys: ClassVar[dict[str, str]] = from_ui(
+        plateau_episodes="episodes", plateau_tolerance="tolerance", plateau_share="share"
+    )
 
     episodes: int = Field(50, ge=2, description="Episodes at the same max x before a hint.")
     tolerance: int = Field(
@@ -88,10 +88,9 @@ class ProgressPlateauSettings(ComponentSettings):
 class ProgressStalledSettings(ComponentSettings):
     """progress-stalled: the best rolling avg_max_x_pos no longer rises."""
 
-    legacy_keys: ClassVar[dict[str, str]] = {
-        "ui.stall_progress_steps": "steps",
-        "ui.stall_progress_margin": "margin",
-    }
+    legacy_keys: ClassVar[dict[str, str]] = from_ui(
+        stall_progress_steps="steps", stall_progress_margin="margin"
+    )
 
     steps: int = Field(
         100_000,
