@@ -141,7 +141,7 @@ class SeedTraining:
 def seed_config(cfg: MarioConfig, seed: int, run_name: str) -> MarioConfig:
     data = cfg.to_dict()
     data["train"].update(seed=seed, run_name=run_name)
-    data["ui"]["ui"] = "quiet"
+    data["ui"]["mode"] = "quiet"
     return MarioConfig.model_validate(data)
 
 
