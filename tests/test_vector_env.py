@@ -20,29 +20,62 @@ def scripted_actions(steps: int, n_envs: int) -> np.ndarray:
     return np.where(rng.random((steps, n_envs)) < 0.8, 1, rng.integers(0, 7, (steps, n_envs)))
 
 
+def grouped_step(venv: VectorEnv, batch: np.ndarray) -> tuple:
+    """One step of every env, group by group, with each group's results awaited late."""
+    for low, high in venv.groups:
+        venv.step_async((low, high), batch[low:high])
+    parts = [venv.step_wait(span) for span in venv.groups]
+    obs, rewards, terminated, truncated = (np.concatenate([p[k] for p in parts]) for k in range(4))
+    return obs, rewards, terminated, truncated, [info for p in parts for info in p[4]]
+
+
 def test_two_workers_match_sync_mode_step_for_step() -> None:
     cfg = EnvConfig(n_envs=4, reward={"no_progress_cut_steps": 0})
     actions = scripted_actions(70, 4)
     runs = {}
-    for mode in ("sync", "process"):
-        with VectorEnv(cfg, seed=7, mode=mode, n_workers=2) as venv:
+    # "grouped": two groups of two envs, each spread over both workers (env 0 and 2 in
+    # worker 0), stepped in turn; every other step a plain step() of all four.
+    for mode, n_groups in (("sync", 1), ("process", 1), ("grouped", 2)):
+        vector_mode = "sync" if mode == "sync" else "process"
+        with VectorEnv(cfg, seed=7, mode=vector_mode, n_workers=2, n_groups=n_groups) as venv:
             obs, _ = venv.reset()
             trace = [obs]
             ends = 0
-            for batch in actions:
-                obs, rewards, terminated, truncated, infos = venv.step(batch)
+            for t, batch in enumerate(actions):
+                grouped = mode == "grouped" and t % 2 == 0
+                step = grouped_step(venv, batch) if grouped else venv.step(batch)
+                obs, rewards, terminated, truncated, infos = step
                 ends += int(terminated.sum() + truncated.sum())
                 trace.append((obs, rewards, terminated, truncated, [i["x_pos"] for i in infos]))
-            runs[mode] = (trace, ends, venv.n_workers)
-    (sync_trace, sync_ends, _), (proc_trace, proc_ends, workers) = runs["sync"], runs["process"]
-    assert workers == 2
-    assert sync_ends == proc_ends > 0  # episodes ended and were reset automatically
-    assert np.array_equal(sync_trace[0], proc_trace[0])
-    for a, b in zip(sync_trace[1:], proc_trace[1:], strict=True):
-        assert np.array_equal(a[0], b[0])
-        assert np.array_equal(a[1], b[1])
-        assert np.array_equal(a[2], b[2]) and np.array_equal(a[3], b[3])
-        assert a[4] == b[4]
+            runs[mode] = (trace, ends, venv.n_workers, venv.groups)
+    assert runs["grouped"][3] == [(0, 2), (2, 4)] and runs["process"][3] == [(0, 4)]
+    sync_trace, sync_ends, _, _ = runs["sync"]
+    for mode in ("process", "grouped"):
+        trace, ends, workers, _ = runs[mode]
+        assert workers == 2
+        assert sync_ends == ends > 0  # episodes ended and were reset automatically
+        assert np.array_equal(sync_trace[0], trace[0])
+        for a, b in zip(sync_trace[1:], trace[1:], strict=True):
+            assert np.array_equal(a[0], b[0])
+            assert np.array_equal(a[1], b[1])
+            assert np.array_equal(a[2], b[2]) and np.array_equal(a[3], b[3])
+            assert a[4] == b[4]
+
+
+def test_group_results_are_awaited_in_the_order_sent() -> None:
+    cfg = EnvConfig(n_envs=2, reward={"no_progress_cut_steps": 0})
+    with VectorEnv(cfg, seed=0, mode="process", n_workers=1, n_groups=2) as venv:
+        venv.reset()
+        with pytest.raises(RuntimeError, match="without step_async"):
+            venv.step_wait((0, 1))
+        venv.step_async((0, 1), np.array([1]))
+        venv.step_async((1, 2), np.array([1]))
+        with pytest.raises(RuntimeError, match="sent earlier"):
+            venv.step_wait((1, 2))
+        obs, rewards, *_ = venv.step_wait((0, 1))
+        assert obs.shape == (1, 4, 84, 84) and rewards.shape == (1,)
+        with pytest.raises(ValueError, match="got 2 actions"):
+            venv.step_async((0, 1), np.array([1, 1]))
 
 
 def test_autoreset_keeps_final_observation_and_episode_stats() -> None:

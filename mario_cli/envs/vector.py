@@ -10,10 +10,12 @@ episode's last observation is in ``info["final_obs"]``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing as mp
 import os
 import signal
 import traceback
+from collections import deque
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
@@ -54,9 +56,14 @@ class EnvGroup:
             infos.append(info)
         return infos
 
-    def step(self, actions: np.ndarray, out: np.ndarray) -> tuple[list[Any], ...]:
+    def step(
+        self, actions: np.ndarray, out: np.ndarray, only: tuple[int, int] | None = None
+    ) -> tuple[list[Any], ...]:
+        """Step every env, or those with ``only[0] <= index < only[1]``."""
         rewards, terminated, truncated, infos = [], [], [], []
         for index, env in zip(self.indices, self.envs, strict=True):
+            if only is not None and not only[0] <= index < only[1]:
+                continue
             try:
                 obs, reward, term, trunc, info = env.step(int(actions[index]))
             except Exception as exc:
@@ -104,6 +111,9 @@ def _worker_main(
             command, data = conn.recv()
             if command == "step":
                 conn.send(("ok", group.step(data, out)))
+            elif command == "step_group":
+                actions, only = data
+                conn.send(("ok", group.step(actions, out, only)))
             elif command == "reset":
                 conn.send(("ok", group.reset(out, data)))
             elif command == "close":
@@ -128,6 +138,38 @@ def _send_quietly(conn: Connection, message: Any) -> None:
         conn.send(message)
 
 
+def _in_env_order(by_worker: list[tuple[list[Any], list[int]]]) -> list[Any]:
+    """Per-worker lists (each in its envs' order) as one list in env index order."""
+    pairs = sorted(
+        (index, item)
+        for items, indices in by_worker
+        for index, item in zip(indices, items, strict=True)
+    )
+    return [item for _, item in pairs]
+
+
+def _results_in_env_order(
+    by_worker: list[tuple[tuple[list[Any], ...], list[int]]],
+) -> tuple[list[Any], ...]:
+    """Workers' (rewards, terminated, truncated, infos) merged in env index order."""
+    return tuple(
+        _in_env_order([(result[field], indices) for result, indices in by_worker])
+        for field in range(4)
+    )
+
+
+def _stacked(
+    results: tuple[list[Any], ...],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    rewards, terminated, truncated, infos = results
+    return (
+        np.array(rewards, dtype=np.float32),
+        np.array(terminated, dtype=bool),
+        np.array(truncated, dtype=bool),
+        list(infos),
+    )
+
+
 def default_worker_count(n_envs: int) -> int:
     return max(1, min(n_envs, os.cpu_count() or 1))
 
@@ -138,6 +180,13 @@ class VectorEnv:
     ``mode="process"`` spreads the envs over ``n_workers`` processes (0: one per
     core); ``mode="sync"`` steps them in this process, for debugging. Both give the
     same results for the same seed and actions.
+
+    ``n_groups`` splits the envs into that many contiguous groups, each spread over
+    all workers, that can be stepped in turn (``step_async`` / ``step_wait``): while
+    the workers step one group, the caller picks the next group's actions, so
+    neither the workers nor the policy wait for each other (double buffering, as in
+    sample-factory). Each group needs an env in every worker, so there are at most
+    ``n_envs // n_workers`` groups, and one in sync mode. ``step`` steps every env.
     """
 
     def __init__(
@@ -147,9 +196,16 @@ class VectorEnv:
         seed: int | None = None,
         mode: str | None = None,
         n_workers: int | None = None,
+        n_groups: int = 1,
     ) -> None:
         self.cfg = cfg
         self.num_envs = n_envs or cfg.n_envs
+        if n_groups < 1:
+            raise ValueError("n_groups must be >= 1")
+        # Env index ranges [low, high) of the groups; one group until workers exist.
+        self.groups: list[tuple[int, int]] = [(0, self.num_envs)]
+        self._pending: list[deque[tuple[int, int]]] = []
+        self._sync_results: dict[tuple[int, int], tuple[list[Any], ...]] = {}
         self.seed = seed
         self.mode = mode or cfg.vector_mode
         self.env_id = cfg.env_id
@@ -168,7 +224,9 @@ class VectorEnv:
 
             check_env_config(cfg)  # a config mistake is a ConfigError, not a worker crash
             workers = n_workers if n_workers else (cfg.n_workers or None)
-            self._start_workers(min(workers or default_worker_count(self.num_envs), self.num_envs))
+            self._start_workers(
+                min(workers or default_worker_count(self.num_envs), self.num_envs), n_groups
+            )
         self._needs_reset = True
 
     @property
@@ -180,15 +238,20 @@ class VectorEnv:
         """Process ids of the env workers (none in sync mode)."""
         return [proc.pid for proc, _, _ in self._workers or [] if proc.pid is not None]
 
-    def _start_workers(self, n_workers: int) -> None:
+    def _start_workers(self, n_workers: int, n_groups: int) -> None:
         methods = mp.get_all_start_methods()
         # Never plain fork: the TUI and the learner run threads in this process.
         ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-        chunks = np.array_split(np.arange(self.num_envs), n_workers)
+        # A group needs an env in every worker, or stepping it leaves a worker idle.
+        n_groups = max(1, min(n_groups, self.num_envs // n_workers))
+        bounds = np.linspace(0, self.num_envs, n_groups + 1).astype(int)
+        self.groups = [(int(low), int(high)) for low, high in itertools.pairwise(bounds)]
+        # Each group is spread over every worker, so stepping one group keeps all busy.
+        shares = [np.array_split(np.arange(low, high), n_workers) for low, high in self.groups]
         try:
-            for chunk in chunks:
+            for worker in range(n_workers):
                 parent, child = ctx.Pipe()
-                indices = [int(i) for i in chunk]
+                indices = [int(i) for share in shares for i in share[worker]]
                 proc = ctx.Process(
                     target=_worker_main,
                     args=(child, self.cfg, indices, self.seed, self.num_envs),
@@ -197,6 +260,7 @@ class VectorEnv:
                 proc.start()
                 child.close()
                 self._workers.append((proc, parent, indices))
+                self._pending.append(deque())
             spaces = [self._receive(w, timeout=_START_TIMEOUT_SECONDS) for w in range(n_workers)]
             self.single_observation_space, self.single_action_space = spaces[0]
             obs_space = self.single_observation_space
@@ -240,7 +304,9 @@ class VectorEnv:
 
     def _raise_worker_error(self, worker: int, detail: str, index: int | None = None) -> None:
         indices = self._workers[worker][2]
-        which = f"env {index}" if index is not None else f"envs {indices[0]}-{indices[-1]}"
+        contiguous = indices == list(range(indices[0], indices[-1] + 1))
+        envs = f"{indices[0]}-{indices[-1]}" if contiguous else ", ".join(map(str, indices))
+        which = f"env {index}" if index is not None else f"envs {envs}"
         first_line = detail.strip().splitlines()[0] if detail.strip() else "no detail"
         self.close(force=True)
         raise EnvWorkerError(
@@ -256,7 +322,9 @@ class VectorEnv:
         else:
             for worker in range(len(self._workers)):
                 self._send(worker, ("reset", seed))
-            infos = [info for w in range(len(self._workers)) for info in self._receive(w)]
+            infos = _in_env_order(
+                [(self._receive(w), ix) for w, (_, _, ix) in enumerate(self._workers)]
+            )
         return self._obs.copy(), infos
 
     def step(
@@ -264,16 +332,53 @@ class VectorEnv:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
         actions = np.asarray(actions)
         if self._group is not None:
-            results = [self._group.step(actions, self._obs)]
+            results = self._group.step(actions, self._obs)
         else:
             for worker in range(len(self._workers)):
                 self._send(worker, ("step", actions))
-            results = [self._receive(w) for w in range(len(self._workers))]
-        rewards = np.array([r for res in results for r in res[0]], dtype=np.float32)
-        terminated = np.array([t for res in results for t in res[1]], dtype=bool)
-        truncated = np.array([t for res in results for t in res[2]], dtype=bool)
-        infos = [info for res in results for info in res[3]]
-        return self._obs.copy(), rewards, terminated, truncated, infos
+            results = _results_in_env_order(
+                [(self._receive(w), ix) for w, (_, _, ix) in enumerate(self._workers)]
+            )
+        return self._obs.copy(), *_stacked(results)
+
+    def step_async(self, span: tuple[int, int], actions: np.ndarray) -> None:
+        """Start stepping envs ``span[0] <= i < span[1]`` (a group, or all) with ``actions``."""
+        low, high = span
+        actions = np.asarray(actions)
+        if not 0 <= low < high <= self.num_envs or actions.shape[0] != high - low:
+            raise ValueError(f"envs {low}..{high - 1}: got {actions.shape[0]} actions")
+        full = np.zeros(self.num_envs, dtype=actions.dtype)
+        full[low:high] = actions
+        if self._group is not None:
+            self._sync_results[span] = self._group.step(full, self._obs, span)
+            return
+        for worker, (_, _, indices) in enumerate(self._workers):
+            if any(low <= i < high for i in indices):
+                self._send(worker, ("step_group", (full, span)))
+                self._pending[worker].append(span)
+
+    def step_wait(
+        self, span: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """The results of ``step_async(span, ...)``, in env order; wait in the order sent."""
+        low, high = span
+        if self._group is not None:
+            if span not in self._sync_results:
+                raise RuntimeError(f"step_wait({span}) without step_async({span})")
+            results = self._sync_results.pop(span)
+        else:
+            by_worker = []
+            for worker, pending in enumerate(self._pending):
+                if pending and pending[0] == span:
+                    pending.popleft()
+                    indices = [i for i in self._workers[worker][2] if low <= i < high]
+                    by_worker.append((self._receive(worker), indices))
+                elif span in pending:
+                    raise RuntimeError(f"step_wait({span}) before the results sent earlier")
+            if not by_worker:
+                raise RuntimeError(f"step_wait({span}) without step_async({span})")
+            results = _results_in_env_order(by_worker)
+        return self._obs[low:high].copy(), *_stacked(results)
 
     def close(self, force: bool = False) -> None:
         if self._closed:

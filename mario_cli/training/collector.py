@@ -69,50 +69,83 @@ class Collector:
         should_stop: Callable[[], bool],
         lock: contextlib.AbstractContextManager[Any] | None = None,
     ) -> RolloutBatch | None:
-        """``n_steps`` of every env; None if ``should_stop()`` turned true first."""
+        """``n_steps`` of every env; None if ``should_stop()`` turned true first.
+
+        The envs step in the vector env's groups, in turn: each group's next actions
+        are chosen while the workers step the other groups (``step_async``), so the
+        policy's inference overlaps with emulation. Every action still comes from the
+        current weights: no policy lag. A recurrent policy steps all envs as one group
+        (cores can select a sub-batch's state, not write one back).
+        """
         lock = lock or contextlib.nullcontext()
         n_envs = self.venv.num_envs
         episodes: list[tuple[int, int, dict[str, Any]]] = []
-        obs, starts, state = self.obs, self.starts, self.state
+        obs, starts, state = self.obs.clone(), self.starts.clone(), self.state
         # Made outside inference mode: the learner back-propagates through it.
         initial_state = _normal_copy(state)
         reset_noise = getattr(policy, "reset_noise", None)
         if reset_noise is not None:
             with lock:
                 reset_noise()
+        spans = self.venv.groups if state is None else [(0, n_envs)]
+        acted: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
+
+        def act(span: tuple[int, int]) -> None:
+            nonlocal state
+            low, high = span
+            with self.timer("inference"), lock, torch.inference_mode(), self.autocast():
+                actions, log_probs, values, state = policy.act(
+                    obs[low:high], state, starts[low:high]
+                )
+                actions_np = actions.cpu().numpy()
+            self.venv.step_async(span, actions_np)
+            acted[span] = (actions, log_probs, values.float())
+
         storage.step = 0
+        for span in spans:
+            act(span)
         for t in range(self.n_steps):
             if should_stop():
+                for span in acted:  # collect what is in flight: the pipes stay in step
+                    self.venv.step_wait(span)
                 storage.step = 0
                 return None
-            with self.timer("inference"), lock, torch.inference_mode(), self.autocast():
-                actions, log_probs, values, state = policy.act(obs, state, starts)
-                actions_np = actions.cpu().numpy()
-            with self.timer("env_wait"):
-                next_obs, rewards, terminated, truncated, infos = self.venv.step(actions_np)
-            rewards_t = torch.from_numpy(rewards).to(self.device)
-            cut = np.flatnonzero(truncated & ~terminated)
-            if cut.size:
-                # A truncated episode did not end in the game: bootstrap its last value.
-                final = torch.from_numpy(np.stack([infos[i]["final_obs"] for i in cut]))
-                with lock, torch.inference_mode(), self.autocast():
-                    final_state = policy.select_state(state, cut)
-                    done = torch.zeros(len(cut), device=self.device)
-                    value = policy(final.to(self.device), final_state, done).value.float()
-                rewards_t[torch.from_numpy(cut).to(self.device)] += self.gamma * value
-            dones = torch.from_numpy(terminated | truncated).to(self.device, torch.float32)
-            storage.add(obs, actions, log_probs, values.float(), rewards_t, dones, starts)
             step = self.steps_collected + (t + 1) * n_envs
-            episodes += [
-                (step, i, info["episode"]) for i, info in enumerate(infos) if "episode" in info
-            ]
-            obs = torch.from_numpy(next_obs).to(self.device)
-            starts = dones
+            for span in spans:
+                low, high = span
+                with self.timer("env_wait"):
+                    next_obs, rewards, terminated, truncated, infos = self.venv.step_wait(span)
+                rewards_t = torch.from_numpy(rewards).to(self.device)
+                cut = np.flatnonzero(truncated & ~terminated)
+                if cut.size:
+                    # A truncated episode did not end in the game: bootstrap its last value.
+                    final = torch.from_numpy(np.stack([infos[i]["final_obs"] for i in cut]))
+                    with lock, torch.inference_mode(), self.autocast():
+                        final_state = policy.select_state(state, cut)
+                        done = torch.zeros(len(cut), device=self.device)
+                        value = policy(final.to(self.device), final_state, done).value.float()
+                    rewards_t[torch.from_numpy(cut).to(self.device)] += self.gamma * value
+                dones = torch.from_numpy(terminated | truncated).to(self.device, torch.float32)
+                actions, log_probs, values = acted.pop(span)
+                storage.put(
+                    t, slice(low, high), obs[low:high], actions, log_probs, values,
+                    rewards_t, dones, starts[low:high],
+                )  # fmt: skip
+                episodes += [
+                    (step, low + i, info["episode"])
+                    for i, info in enumerate(infos)
+                    if "episode" in info
+                ]
+                obs[low:high] = torch.from_numpy(next_obs).to(self.device)
+                starts[low:high] = dones
+                if t + 1 < self.n_steps:
+                    act(span)
+        storage.step = self.n_steps
         with lock, torch.inference_mode(), self.autocast():
             last_value = policy(obs, state, starts).value.float()
         self.obs, self.starts, self.state = obs, starts, state
         self.steps_collected += self.n_steps * n_envs
-        batch = storage.batch(last_value, obs, initial_state)
+        batch = storage.batch(last_value, obs.clone(), initial_state)
         batch.episodes = episodes
         return batch
 

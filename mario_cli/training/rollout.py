@@ -61,8 +61,15 @@ class RolloutStorage:
         self.starts = torch.zeros(shape, device=device)
         self.step = 0
 
-    def add(
+    def add(self, *step: torch.Tensor) -> None:
+        """Write step ``self.step`` of every env (the tensors ``put`` takes) and move on."""
+        self.put(self.step, slice(None), *step)
+        self.step += 1
+
+    def put(
         self,
+        t: int,
+        envs: slice,
         obs: torch.Tensor,
         actions: torch.Tensor,
         log_probs: torch.Tensor,
@@ -71,15 +78,14 @@ class RolloutStorage:
         dones: torch.Tensor,
         starts: torch.Tensor,
     ) -> None:
-        t = self.step
-        self.obs[t].copy_(obs)
-        self.actions[t].copy_(actions)
-        self.log_probs[t].copy_(log_probs)
-        self.values[t].copy_(values)
-        self.rewards[t].copy_(rewards)
-        self.dones[t].copy_(dones)
-        self.starts[t].copy_(starts)
-        self.step += 1
+        """Write step ``t`` of the envs in ``envs`` (a group stepped on its own)."""
+        self.obs[t, envs].copy_(obs)
+        self.actions[t, envs].copy_(actions)
+        self.log_probs[t, envs].copy_(log_probs)
+        self.values[t, envs].copy_(values)
+        self.rewards[t, envs].copy_(rewards)
+        self.dones[t, envs].copy_(dones)
+        self.starts[t, envs].copy_(starts)
 
     @property
     def full(self) -> bool:
