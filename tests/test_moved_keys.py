@@ -388,6 +388,13 @@ def test_the_hint_engine_keeps_the_longest_window_a_rule_asks_for() -> None:
     assert f"{MAX_EPISODES + 20} of the last {MAX_EPISODES + 20} episodes" in hint.message
 
 
+def test_bench_learn_seeds_train_quietly() -> None:
+    from mario_cli.learnbench import seed_config
+
+    cfg = seed_config(load_config(cli_overrides={"ui": {"mode": "plain"}}, environ={}), 3, "r")
+    assert (cfg.ui.mode, cfg.train.seed, cfg.train.run_name) == ("quiet", 3, "r")
+
+
 # ----------------------------------------- the mechanism, for any component
 class DeepSettings(ComponentSettings):
     """A test backbone whose option was a key of another section."""
