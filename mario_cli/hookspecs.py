@@ -86,7 +86,9 @@ def register_hints(register: Register[HintRule]) -> None:
     """Register stuck-agent diagnostic rules.
 
     Call ``register(name, rule)`` where ``rule(history, cfg) -> list[Hint]``
-    looks at the metric history and returns zero or more hints.
+    looks at the metric history and returns zero or more hints. A rule's own
+    thresholds (``settings=``) are its ``[hints.<name>]`` table, read with
+    ``cfg.hints.settings_of(name)``.
     """
 
 
