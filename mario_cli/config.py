@@ -241,6 +241,12 @@ class EnvConfig(Section):
     n_workers: int = Field(
         0, ge=0, description="Env worker processes (0: one per core, envs spread over them)."
     )
+    step_groups: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Env groups stepped in turn, acting for one while the others step (1: off).",
+    )
     vector_mode: Literal["process", "sync"] = Field(
         "process", description="process: worker processes; sync: all envs in-process (debug)."
     )

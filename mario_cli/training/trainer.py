@@ -230,7 +230,7 @@ class Trainer:
             # The Ray actors step the envs; the learner needs one only for its spaces.
             self.venv = VectorEnv(cfg.env, n_envs=1, seed=cfg.train.seed, mode="sync")
         else:
-            self.venv = VectorEnv(cfg.env, seed=cfg.train.seed)
+            self.venv = VectorEnv(cfg.env, seed=cfg.train.seed, n_groups=cfg.env.step_groups)
         threads = configure_threads(cfg.train.torch_threads)
         obs_space = self.venv.single_observation_space
         self.obs_shape = tuple(obs_space.shape)
