@@ -31,7 +31,7 @@ TINY = (
     "64",
     "--n-epochs",
     "1",
-    "--no-progress-terminate-steps",
+    "--reward-no-progress-cut-steps",
     "20",
 )
 POINT_KEYS = {"steps", "minutes", "checkpoint", "greedy", "stochastic"}

@@ -45,7 +45,7 @@ def collect(policy: torch.nn.Module, cfg: MarioConfig, n_groups: int) -> tuple:
 def test_grouped_collection_matches_one_group_step_for_step() -> None:
     cfg = MarioConfig()
     cfg.env.n_envs = N_ENVS
-    cfg.env.no_progress_terminate_steps = 15  # cuts: truncation bootstrap and autoreset
+    cfg.env.reward.no_progress_cut_steps = 15  # cuts: truncation bootstrap and autoreset
     cfg.model.backbone = "nature"
     cfg.model.hidden_size = 32
     torch.manual_seed(0)

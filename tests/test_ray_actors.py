@@ -40,7 +40,7 @@ ROLLOUT = 16  # 1 env x 16 steps per actor rollout
 TINY = (
     "--algo", "impala", "--actors", "ray", "--n-actors", "2", "--n-envs", "1",
     "--n-steps", "16", "--batch-size", "16", "--backbone", "nature", "--hidden-size", "32",
-    "--torch-threads", "1", "--no-progress-terminate-steps", "30",
+    "--torch-threads", "1", "--reward-no-progress-cut-steps", "30",
 )  # fmt: skip
 
 
