@@ -146,6 +146,38 @@ class Section(BaseModel):
                     raise
         return self
 
+    def _moved(self, name: str) -> tuple[str, ...] | None:
+        """Where an old attribute of this section lives now, within it (for one release)."""
+        section = section_name(type(self))
+        path = _MOVED.get((section, name))
+        if path is None:
+            return None
+        new = ".".join(path)
+        if path[0] != section:
+            raise AttributeError(f"{section}.{name} is now {new}")
+        notify(f"{section}.{name} is now {new}; the old name still works in this release")
+        return path[1:]
+
+    def __getattr__(self, name: str) -> Any:
+        path = None if name.startswith("_") else self._moved(name)
+        if path is None:
+            return super().__getattr__(name)
+        value: Any = self
+        for part in path:
+            value = getattr(value, part)
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        path = None if name.startswith("_") else self._moved(name)
+        if path is None:
+            super().__setattr__(name, value)
+        elif len(path) == 1:
+            super().__setattr__(path[0], value)
+        else:
+            table = getattr(self, path[0]).model_copy()
+            setattr(table, path[1], value)
+            super().__setattr__(path[0], table)
+
     def settings_of(self, name: str) -> ComponentSettings:
         """The settings of component ``name`` of this section (its defaults if unset)."""
         table = table_name(name)

@@ -227,6 +227,23 @@ def test_a_new_key_in_a_higher_layer_wins_over_an_old_key_in_a_lower_one(tmp_pat
     assert cfg.env.restarts.share == 0.1
 
 
+def test_old_attribute_names_of_a_section_still_work_in_code(capsys) -> None:
+    cfg = MarioConfig()
+    cfg.env.no_progress_terminate_steps = 15  # a plugin or script written before the move
+    assert cfg.env.reward.no_progress_cut_steps == 15 == cfg.env.no_progress_terminate_steps
+    cfg.ui.ui = "plain"
+    assert cfg.ui.mode == "plain"
+    err = capsys.readouterr().err
+    assert "env.no_progress_terminate_steps is now env.reward.no_progress_cut_steps" in err
+    assert len(notices(err)) == 2  # one per old name, however often it is used
+    with pytest.raises(ConfigError):
+        set_by_path(cfg, "env.restart_share", 5.0)
+    with pytest.raises(ValueError, match="less than or equal to 0.9"):
+        cfg.env.restart_share = 5.0
+    with pytest.raises(AttributeError, match=r"ui\.kl_warn is now hints\.kl_warn"):
+        _ = cfg.ui.kl_warn  # another section: no way to reach it from [ui]
+
+
 # -------------------------------------------------------------- bad values
 @pytest.mark.parametrize(("section", "old", "new", "good", "bad"), MOVED, ids=IDS)
 def test_a_bad_value_is_one_line_naming_the_new_key(
