@@ -9,17 +9,17 @@ explore"; Salimans & Chen's backward curriculum).
 
 - Which state: a recent death (or no-progress cut) x of a stage, drawn uniformly
   from the last ``ENDS_KEPT``, so restarts go where episodes end most; then the
-  highest archived bucket at least ``restart_runup_buckets`` before it (or a run-up
-  drawn uniformly up to ``restart_runup_max_buckets``), and one of that bucket's
+  highest archived bucket at least ``[env.restarts] runup_buckets`` before it (or a run-up
+  drawn uniformly up to ``runup_max_buckets``), and one of that bucket's
   states at random.
-- How often: ``restart_share * (1 - clear rate)``, the clear rate being that of
+- How often: ``share * (1 - clear rate)``, the clear rate being that of
   this env's last ``ANNEAL_EPISODES`` stage-start episodes of the stage. Restarts
   fade out by themselves, stage by stage, as the agent clears from the start (a
   schedule over steps could not know when a stage is solved).
 - What is kept: a state is saved when Mario first enters a bucket in an episode and
   kept only if he lives ``SAFE_STEPS`` more steps (states that lead straight into
-  a death are useless starts); the newest ``restart_states_per_bucket`` per bucket,
-  at most ``restart_max_states`` in all (each ~256 KB), evicting first the buckets
+  a death are useless starts); the newest ``states_per_bucket`` per bucket,
+  at most ``max_states`` in all (each ~256 KB), evicting first the buckets
   that no recent end's run-up covers. Snapshots are native objects
   that cannot be pickled: the archive lives in its env worker and is rebuilt, not
   saved, when a run resumes.
@@ -30,7 +30,7 @@ and info: the progress reward starts from the restored x (nothing is paid for th
 skipped part), the frame stack is refilled. Restart episodes carry
 ``info["restart"] = True`` at reset and ``"restart"`` / ``"start_x"`` in
 ``info["episode"]``; the trainer keeps them out of ``rollout/*``, hints and best.pt.
-With ``restart_share = 0`` the wrapper passes everything through untouched.
+With ``share = 0`` the wrapper passes everything through untouched.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ class FrontierArchive:
 
 
 class FrontierRestarts(gym.Wrapper):
-    """Start ``restart_share`` of the training resets from archived frontier states.
+    """Start ``share`` of the training resets from archived frontier states.
 
     Put it last in ``env.wrappers`` (it then sees agent steps, the reward wrapper's
     no-progress cuts, and the stacked observations it passes through unchanged).
@@ -223,7 +223,7 @@ class FrontierRestarts(gym.Wrapper):
         return obs, info
 
     def restart_probability(self, label: str) -> float:
-        """``restart_share`` scaled by the share of stage-start episodes not cleared."""
+        """``share`` scaled by the share of stage-start episodes not cleared."""
         clears = self._clears.get(label)
         rate = float(np.mean(clears)) if clears else 0.0
         return self.share * (1.0 - rate)
