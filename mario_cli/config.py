@@ -274,10 +274,11 @@ class EnvConfig(Section):
         0, ge=0, description="Env worker processes (0: one per core, envs spread over them)."
     )
     step_groups: int = Field(
-        1,
+        2,
         ge=1,
         le=8,
-        description="Env groups stepped in turn, acting for one while the others step (1: off).",
+        description="Env groups stepped in turn, acting for one while the others step "
+        "(1: off; recurrent policies use 1).",
     )
     vector_mode: Literal["process", "sync"] = Field(
         "process", description="process: worker processes; sync: all envs in-process (debug)."
