@@ -98,7 +98,8 @@ class Collector:
                     obs[low:high], state, starts[low:high]
                 )
                 actions_np = actions.cpu().numpy()
-            self.venv.step_async(span, actions_np)
+            with self.timer("env_wait"):
+                self.venv.step_async(span, actions_np)
             acted[span] = (actions, log_probs, values.float())
 
         storage.step = 0
@@ -141,7 +142,7 @@ class Collector:
                 if t + 1 < self.n_steps:
                     act(span)
         storage.step = self.n_steps
-        with lock, torch.inference_mode(), self.autocast():
+        with self.timer("inference"), lock, torch.inference_mode(), self.autocast():
             last_value = policy(obs, state, starts).value.float()
         self.obs, self.starts, self.state = obs, starts, state
         self.steps_collected += self.n_steps * n_envs
