@@ -244,8 +244,9 @@ class HintEngine:
     def add_episode(self, episode: Episode | EpisodeEnd) -> None:
         if isinstance(episode, EpisodeEnd):
             episode = episode.episode
-        # Hints judge stage-start episodes only: a frontier restart begins part-way in.
-        if episode.restart:
+        # Hints judge sampled stage-start episodes only: a frontier restart begins
+        # part-way in, a greedy probe plays another policy.
+        if not episode.sampled_from_start:
             return
         with self._lock:
             self.history.episodes.append(episode)

@@ -25,6 +25,12 @@ class Episode:
     stage: str
     restart: bool = False  # began from a saved state (frontier restarts), not the stage start
     start_x: int = 0  # Mario's x when it began
+    greedy: bool = False  # a training probe played by argmax (frontier restarts' greedy_share)
+
+    @property
+    def sampled_from_start(self) -> bool:
+        """Began at the stage start and played by sampling: what ``rollout/*`` means."""
+        return not (self.restart or self.greedy)
 
     def to_record(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,6 +104,8 @@ class EpisodeEnd(Event):
     cleared: bool
     stage: str
     restart: bool = False  # began from a saved state (frontier restarts), not the stage start
+    start_x: int = 0  # Mario's x when it began
+    greedy: bool = False  # a training probe played by argmax
 
     @classmethod
     def of(cls, step: int, env_index: int, episode: Episode) -> EpisodeEnd:
@@ -110,6 +118,8 @@ class EpisodeEnd(Event):
             episode.cleared,
             episode.stage,
             episode.restart,
+            episode.start_x,
+            episode.greedy,
         )
 
     @property
@@ -121,6 +131,8 @@ class EpisodeEnd(Event):
             self.cleared,
             self.stage,
             self.restart,
+            self.start_x,
+            self.greedy,
         )
 
 

@@ -12,6 +12,8 @@ ROLLOUT_CLEAR_RATE = "rollout/clear_rate"
 ROLLOUT_EP_LEN_MEAN = "rollout/ep_len_mean"
 ROLLOUT_EP_REW_MEAN = "rollout/ep_rew_mean"
 ROLLOUT_FRONTIER_X = "rollout/frontier_x"
+ROLLOUT_GREEDY_CLEAR_RATE = "rollout/greedy_clear_rate"
+ROLLOUT_GREEDY_MAX_X_POS = "rollout/greedy_max_x_pos"
 ROLLOUT_RESTART_SHARE = "rollout/restart_share"
 
 # Progress and speed

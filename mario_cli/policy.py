@@ -107,15 +107,19 @@ class ActorCritic(nn.Module):
         obs: Tensor,
         state: Any = None,
         done: Tensor | None = None,
-        deterministic: bool = False,
+        deterministic: bool | Tensor = False,
     ) -> tuple[Tensor, Tensor, Tensor, Any]:
         """Sample (or argmax) actions; returns ``(actions, log_probs, values, new_state)``.
 
+        ``deterministic`` may be a bool per row: argmax there, sampled elsewhere.
         Gradients follow the caller's grad mode; wrap rollouts in ``torch.no_grad()``.
         """
         out = self(obs, state, done)
         dist = Categorical(logits=out.logits)
-        actions = out.logits.argmax(dim=-1) if deterministic else dist.sample()
+        if isinstance(deterministic, Tensor):
+            actions = torch.where(deterministic, out.logits.argmax(dim=-1), dist.sample())
+        else:
+            actions = out.logits.argmax(dim=-1) if deterministic else dist.sample()
         return actions, dist.log_prob(actions), out.value, out.state
 
     def evaluate_actions(

@@ -64,3 +64,56 @@ def test_grouped_collection_matches_one_group_step_for_step() -> None:
         assert [(s, i) for s, i, _ in a.episodes] == [(s, i) for s, i, _ in b.episodes]
     assert one.dones.sum() >= 2  # episodes ended inside the rollout
     assert not torch.equal(one.obs[0], one_next.obs[0])  # the second rollout went on
+
+
+class Spy(torch.nn.Module):
+    """The real policy; records, per act call, which rows were asked for argmax."""
+
+    def __init__(self, policy: torch.nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+        self.masks: list[torch.Tensor] = []
+
+    def act(self, obs, state=None, done=None, deterministic=False):
+        mask = deterministic if isinstance(deterministic, torch.Tensor) else None
+        self.masks.append(torch.zeros(len(obs), dtype=torch.bool) if mask is None else mask.clone())
+        out = self.policy.act(obs, state, done, deterministic=deterministic)
+        if mask is not None:  # the asked-for rows are the argmax
+            logits = self.policy(obs, state, done).logits
+            assert torch.equal(out[0][mask], logits.argmax(-1)[mask])
+        return out
+
+    def forward(self, obs, state=None, done=None):
+        return self.policy(obs, state, done)
+
+    def select_state(self, state, index):
+        return self.policy.select_state(state, index)
+
+
+def test_greedy_probe_episodes_act_by_argmax_from_their_first_step_to_their_last() -> None:
+    cfg = MarioConfig()
+    cfg.env.n_envs = N_ENVS
+    cfg.env.reward.no_progress_cut_steps = 6  # many short episodes
+    cfg.env.restarts.share = 0.2
+    cfg.env.restarts.greedy_share = 0.5
+    cfg.model.backbone = "nature"
+    cfg.model.hidden_size = 32
+    torch.manual_seed(0)
+    spy = Spy(build_policy(cfg, (4, 84, 84), 7, torch.device("cpu"))[0])
+    cpu = torch.device("cpu")
+    with VectorEnv(cfg.env, seed=5, mode="sync", n_groups=1) as venv:
+        collector = Collector(venv, 48, 0.9, cpu)
+        collector.reset(5, spy, 0)
+        batch = collector.collect(spy, RolloutStorage(48, N_ENVS, (4, 84, 84), cpu), lambda: False)
+    asked = torch.stack(spy.masks)  # (step, env): rows acted by argmax
+    assert asked.shape == (48, N_ENVS)
+    checked = {True: 0, False: 0}
+    for step, env, episode in batch.episodes:
+        last = step // N_ENVS - 1  # the rollout step of the episode's last action
+        first = last - episode.length + 1
+        if first < 0:
+            continue  # began before this rollout
+        assert bool(asked[first : last + 1, env].all()) == episode.greedy
+        assert bool(asked[first : last + 1, env].any()) == episode.greedy
+        checked[episode.greedy] += 1
+    assert checked[True] >= 1 and checked[False] >= 1, checked

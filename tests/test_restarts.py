@@ -223,6 +223,47 @@ def test_a_run_up_range_spreads_restarts_over_the_approach() -> None:
     env.close()
 
 
+def test_greedy_probes_keep_their_path_and_restarts_start_on_it_before_the_death() -> None:
+    cfg = EnvConfig(
+        restarts={
+            "share": 0.5,
+            "greedy_share": 0.5,
+            "greedy_restarts": 1.0,
+            "runup_buckets": 1,
+            "runup_max_buckets": 4,
+        },
+        reward={"no_progress_cut_steps": 40},
+    )
+    env = make_env(cfg)
+    wrapper = restarts_of(env)
+    env.reset(seed=1)
+    px = cfg.restarts.bucket_px
+    probes, restarts = [], []
+    for _ in range(16):
+        first, episode = walk_right_episode(env)  # the Goomba at ~296 ends every one
+        assert bool(first.get("greedy")) == episode.greedy
+        assert not (episode.greedy and episode.restart)  # a probe plays from the start
+        (probes if episode.greedy else restarts if episode.restart else []).append(episode)
+    assert probes and restarts, (probes, restarts)
+    assert all(p.start_x == START_X for p in probes)
+    end, path = wrapper.greedy_paths[("1-1", 1, 1)]
+    assert end == max(p.max_x_pos for p in probes) // px
+    # only the longest run-up's worth of states before the death is kept
+    assert sorted(path) == list(range(end - 4, end + 1))
+    # every restart came from the probe's path, 1..4 buckets before its death
+    assert all(1 <= end - r.start_x // px <= 4 for r in restarts), restarts
+    assert len({r.start_x for r in restarts}) >= 2  # the run-up is drawn, not fixed
+    env.close()
+
+
+def test_greedy_probes_need_restarts_on() -> None:
+    env = make_env(EnvConfig(restarts={"greedy_share": 0.5}))  # share 0: no restarts
+    for _ in range(6):
+        _, info = env.reset()
+        assert "greedy" not in info
+    env.close()
+
+
 def test_restart_share_anneals_as_stage_start_episodes_clear() -> None:
     env = make_env(EnvConfig(restarts={"share": 0.5}))
     wrapper = restarts_of(env)
@@ -272,6 +313,16 @@ def test_rollout_metrics_best_and_hints_come_from_stage_start_episodes_only() ->
     only_restarts = rollout_metrics([episode(900, True, True)], restarts=True)
     assert set(only_restarts) == {"rollout/restart_share", "rollout/frontier_x"}
     assert "rollout/restart_share" not in rollout_metrics(window, restarts=False)
+    # greedy probes: out of the stage-start means, their own clear rate and max x
+    probe = Episode(9.0, 10, 3200, True, "1-1", start_x=START_X, greedy=True)
+    probes = [probe, Episode(1.0, 10, 1130, False, "1-1", start_x=START_X, greedy=True)]
+    with_probes = rollout_metrics([*window, *probes], restarts=True)
+    assert with_probes["rollout/clear_rate"] == 0.0
+    assert with_probes["rollout/avg_max_x_pos"] == pytest.approx(300)
+    assert with_probes["rollout/restart_share"] == pytest.approx(7 / 12)
+    assert with_probes["rollout/greedy_clear_rate"] == pytest.approx(0.5)
+    assert with_probes["rollout/greedy_max_x_pos"] == pytest.approx((3200 + 1130) / 2)
+    assert "rollout/greedy_clear_rate" not in metrics
 
     # best.pt: judged on 20 stage-start episodes, never on restarts
     class Checkpoints:
@@ -295,7 +346,9 @@ def test_rollout_metrics_best_and_hints_come_from_stage_start_episodes_only() ->
     # hints see stage-start episodes only
     trainer.hints.observe(EpisodeEnd(1, 0, 50.0, 10, 3000, True, "1-1", restart=True))
     trainer.hints.observe(EpisodeEnd(2, 0, 1.0, 10, 300, False, "1-1"))
+    trainer.hints.observe(EpisodeEnd(3, 0, 9.0, 10, 3200, True, "1-1", greedy=True))
     assert [e.max_x_pos for e in trainer.hints.history.episodes] == [300]
+    assert EpisodeEnd.of(3, 0, probe).episode == probe
 
 
 # ---------------------------------------------- tiny runs: eval and resume

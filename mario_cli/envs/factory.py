@@ -14,13 +14,14 @@ from mario_cli.events import Episode
 
 class EpisodeStats(gym.Wrapper):
     """Adds ``info["episode"]``, an :class:`~mario_cli.events.Episode`, at episode end;
-    its ``restart`` marks an episode started from a saved state."""
+    its ``restart`` marks an episode started from a saved state, its ``greedy`` a probe."""
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
         self._return = 0.0
         self._length = 0
         self._restart = False
+        self._greedy = False
         self._start_x = 0
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
@@ -28,6 +29,7 @@ class EpisodeStats(gym.Wrapper):
         self._length = 0
         obs, info = self.env.reset(**kwargs)
         self._restart = bool(info.get("restart", False))
+        self._greedy = bool(info.get("greedy", False))
         self._start_x = int(info.get("x_pos", 0))
         return obs, info
 
@@ -44,6 +46,7 @@ class EpisodeStats(gym.Wrapper):
                 stage=str(info["stage_name"]),
                 restart=self._restart,
                 start_x=self._start_x,
+                greedy=self._greedy,
             )
         return obs, reward, terminated, truncated, info
 

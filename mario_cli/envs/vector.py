@@ -4,7 +4,9 @@ Each worker process hosts several envs (so 8 or 16 envs run well on 2 cores) and
 writes observations straight into one shared-memory array; only rewards, flags and
 small info dicts travel through the pipes. Episodes reset automatically in the same
 step: the returned observation is the new episode's first, and the finished
-episode's last observation is in ``info["final_obs"]``.
+episode's last observation is in ``info["final_obs"]``. An env whose reset info has
+``"greedy": True`` asks that its episode be played by argmax (a training probe);
+after an automatic reset that request arrives as the step info's ``"next_greedy"``.
 """
 
 from __future__ import annotations
@@ -70,7 +72,9 @@ class EnvGroup:
                 raise _EnvStepError(index, exc) from exc
             if term or trunc:
                 info["final_obs"] = obs
-                obs, _ = env.reset()
+                obs, reset_info = env.reset()
+                if reset_info.get("greedy"):
+                    info["next_greedy"] = True
             out[index] = obs
             rewards.append(reward)
             terminated.append(term)

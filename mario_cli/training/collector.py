@@ -52,12 +52,15 @@ class Collector:
         self.obs: torch.Tensor | None = None
         self.starts: torch.Tensor | None = None
         self.state: Any = None
+        # Envs whose current episode is a greedy probe (the env asked at its reset).
+        self.greedy = torch.zeros(venv.num_envs, dtype=torch.bool, device=device)
         self.steps_collected = 0
 
     def reset(self, seed: int | None, policy: torch.nn.Module, steps_done: int) -> None:
-        obs, _ = self.venv.reset(seed=seed)
+        obs, infos = self.venv.reset(seed=seed)
         self.obs = torch.from_numpy(obs).to(self.device)
         self.starts = torch.ones(self.venv.num_envs, device=self.device)
+        self.greedy[:] = torch.tensor([bool(info.get("greedy")) for info in infos])
         initial = getattr(policy, "initial_state", None)
         self.state = initial(self.venv.num_envs, self.device) if initial else None
         self.steps_collected = steps_done
@@ -76,6 +79,12 @@ class Collector:
         policy's inference overlaps with emulation. Every action still comes from the
         current weights: no policy lag. A recurrent policy steps all envs as one group
         (cores can select a sub-batch's state, not write one back).
+
+        An env whose episode is a greedy probe (its reset info said ``"greedy"``) acts
+        by argmax until the episode ends. Those steps train like the others: argmax is
+        the policy's most likely action, so treating it as sampled biases the update
+        only where the policy is unsure, and its advantages say where greedy play
+        fails.
         """
         lock = lock or contextlib.nullcontext()
         n_envs = self.venv.num_envs
@@ -93,9 +102,11 @@ class Collector:
         def act(span: tuple[int, int]) -> None:
             nonlocal state
             low, high = span
+            greedy = self.greedy[low:high]
+            probing = {"deterministic": greedy} if bool(greedy.any()) else {}
             with self.timer("inference"), lock, torch.inference_mode(), self.autocast():
                 actions, log_probs, values, state = policy.act(
-                    obs[low:high], state, starts[low:high]
+                    obs[low:high], state, starts[low:high], **probing
                 )
                 actions_np = actions.cpu().numpy()
             with self.timer("env_wait"):
@@ -137,6 +148,8 @@ class Collector:
                     for i, info in enumerate(infos)
                     if "episode" in info
                 ]
+                for i in np.flatnonzero(terminated | truncated):
+                    self.greedy[low + i] = bool(infos[i].get("next_greedy"))
                 obs[low:high] = torch.from_numpy(next_obs).to(self.device)
                 starts[low:high] = dones
                 if t + 1 < self.n_steps:

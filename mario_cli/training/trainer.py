@@ -70,8 +70,8 @@ EPISODE_WINDOW = 100  # rolling window of the rollout/* means, as in Stable-Base
 
 
 def stage_start_episodes(episodes: Iterable[Episode]) -> list[Episode]:
-    """The episodes that began at the stage start (not from a frontier restart)."""
-    return [e for e in episodes if not e.restart]
+    """The sampled episodes that began at the stage start (not restarts, not probes)."""
+    return [e for e in episodes if e.sampled_from_start]
 
 
 def rollout_metrics(episodes: list[Episode], restarts: bool = False) -> dict[str, float]:
@@ -80,7 +80,8 @@ def rollout_metrics(episodes: list[Episode], restarts: bool = False) -> dict[str
     Return, length, max x and clear rate come from stage-start episodes only: a
     restart episode begins part-way into the stage. With ``restarts`` on, also the
     window's share of restart episodes and its frontier (the furthest max x of any
-    episode).
+    episode); with greedy probes in the window, their clear rate and mean max x
+    (training's view of what ``mario eval`` will see: argmax after eval's no-op start).
     """
     metrics: dict[str, float] = {}
     starts = stage_start_episodes(episodes)
@@ -90,8 +91,12 @@ def rollout_metrics(episodes: list[Episode], restarts: bool = False) -> dict[str
         metrics[names.ROLLOUT_AVG_MAX_X_POS] = float(np.mean([e.max_x_pos for e in starts]))
         metrics[names.ROLLOUT_CLEAR_RATE] = float(np.mean([e.cleared for e in starts]))
     if restarts and episodes:
-        metrics[names.ROLLOUT_RESTART_SHARE] = 1.0 - len(starts) / len(episodes)
+        metrics[names.ROLLOUT_RESTART_SHARE] = sum(e.restart for e in episodes) / len(episodes)
         metrics[names.ROLLOUT_FRONTIER_X] = float(max(e.max_x_pos for e in episodes))
+    probes = [e for e in episodes if e.greedy]
+    if probes:
+        metrics[names.ROLLOUT_GREEDY_CLEAR_RATE] = float(np.mean([e.cleared for e in probes]))
+        metrics[names.ROLLOUT_GREEDY_MAX_X_POS] = float(np.mean([e.max_x_pos for e in probes]))
     return metrics
 
 

@@ -24,6 +24,16 @@ explore"; Salimans & Chen's backward curriculum).
   that cannot be pickled: the archive lives in its env worker and is rebuilt, not
   saved, when a run resumes.
 
+- Greedy probes: ``greedy_share`` of the stage-start resets ask (``info["greedy"]``
+  at reset) that the episode be played by argmax, after eval's random 0..30 no-op
+  frames. Evaluation plays greedily, and greedy play dies where sampled play rarely
+  stands: the NES is deterministic, so greedy play from the start is a handful of
+  fixed paths, and a sampled episode is on one of them for 100 steps with
+  probability ~0.9**100. The last probe's states before its death are kept per
+  stage, and ``greedy_restarts`` of the restarts start from them, so sampled play
+  tries the deviations exactly where greedy play needs one. A probe that clears
+  drops its stage's path.
+
 The restore itself happens in ``MarioCore.reset`` (``options={"restore": state}``),
 below every other wrapper, so they all re-initialise from the restored observation
 and info: the progress reward starts from the restored x (nothing is paid for the
@@ -44,6 +54,7 @@ import numpy as np
 
 from mario_cli.api import MarioCore
 
+NOOP_MAX = 30  # a greedy probe waits 0..NOOP_MAX no-op frames first, as evaluation does
 SAFE_STEPS = 8  # agent steps Mario must survive after a state for it to be kept
 ANNEAL_EPISODES = 20  # stage-start episodes in each stage's rolling clear rate
 ENDS_KEPT = 32  # recent death / cut x per stage that restarts aim at
@@ -192,6 +203,12 @@ class FrontierRestarts(gym.Wrapper):
             own.max_states,
             runup=(runup, max(runup, int(own.runup_max_buckets))),
         )
+        self.greedy_share = float(own.greedy_share)
+        self.greedy_restarts = float(own.greedy_restarts)
+        # Stage key -> (bucket of the last probe's death, bucket -> its state there).
+        self.greedy_paths: dict[tuple[str, int, int], tuple[int, dict[int, Any]]] = {}
+        self._probe = False
+        self._probe_states: dict[int, Any] = {}
         self._rng = np.random.default_rng()
         self._clears: dict[str, deque[bool]] = {}
         self._pending: deque[tuple[int, tuple[str, int, int], int, Any]] = deque()
@@ -212,12 +229,19 @@ class FrontierRestarts(gym.Wrapper):
         if seed is not None:
             self._rng = np.random.default_rng([seed, 0x5E57])
         options = dict(options or {})
+        probe = False
         if "restore" not in options:
             saved = self._choose()
             if saved is not None:
                 options["restore"] = saved
+            elif self.greedy_share > 0 and self._rng.random() < self.greedy_share:
+                probe = True
+                options.setdefault("noop_frames", int(self._rng.integers(0, NOOP_MAX + 1)))
         obs, info = self.env.reset(seed=seed, options=options or None)
         self._restart = bool(info.get("restart", False))
+        self._probe = probe
+        if probe:
+            info["greedy"] = True
         self._label = info["stage_name"]
         self._begin_run(info)
         return obs, info
@@ -233,10 +257,21 @@ class FrontierRestarts(gym.Wrapper):
         label = specs[int(self._rng.integers(len(specs)))].label
         if self._rng.random() >= self.restart_probability(label):
             return None
+        paths = [key for key in self.greedy_paths if key[0] == label]
+        if paths and self._rng.random() < self.greedy_restarts:
+            saved = self._on_greedy_path(paths[int(self._rng.integers(len(paths)))])
+            if saved is not None:
+                return saved
         keys = [key for key in self.archive.stages_with_ends() if key[0] == label]
         if not keys:
             return None
         return self.archive.aim(keys[int(self._rng.integers(len(keys)))], self._rng)
+
+    def _on_greedy_path(self, key: tuple[str, int, int]) -> Any | None:
+        """A state of the last probe of ``key``, a drawn run-up before where it died."""
+        end, states = self.greedy_paths[key]
+        usable = [b for b in states if b <= end - self.archive.draw_runup(self._rng)]
+        return states[max(usable)] if usable else None
 
     def _begin_run(self, info: dict[str, Any]) -> None:
         """A new stretch of play: an episode, a stage of the whole game, or a new life."""
@@ -245,6 +280,7 @@ class FrontierRestarts(gym.Wrapper):
         self._top = self.archive.bucket(self._run_max)
         self._life = int(info["life"])
         self._pending.clear()
+        self._probe_states = {}
         self._steps = 0
 
     # ------------------------------------------------------------------- step
@@ -255,6 +291,8 @@ class FrontierRestarts(gym.Wrapper):
         key = (self._label, int(info["world"]), int(info["stage"]))
         if key != self._key:  # the whole game moved on to the next stage
             self._commit(self._steps)
+            if self._probe:
+                self._end_probe(failed=False)
             self._begin_run(info)
         self._steps += 1
         x = int(info["x_pos"])
@@ -262,6 +300,8 @@ class FrontierRestarts(gym.Wrapper):
         died = (terminated and not info["flag_get"]) or int(info["life"]) < self._life
         if died or truncated:
             self.archive.record_end(self._key, self._run_max)
+        if self._probe and (died or truncated or terminated):
+            self._end_probe(died or truncated)
         if terminated or truncated:
             if not died:  # the flag or a cut: what came before did not kill Mario
                 self._commit(self._steps)
@@ -275,9 +315,27 @@ class FrontierRestarts(gym.Wrapper):
             bucket = self.archive.bucket(x)
             if bucket > self._top:
                 self._top = bucket
-                self._pending.append((self._steps, self._key, x, self._core.dump_state()))
+                state = self._core.dump_state()
+                self._pending.append((self._steps, self._key, x, state))
+                if self._probe:
+                    self._keep_probe_state(bucket, state)
             self._commit(self._steps - SAFE_STEPS)
         return obs, reward, terminated, truncated, info
+
+    def _keep_probe_state(self, bucket: int, state: Any) -> None:
+        """Keep a probe's state; only the longest run-up's worth behind its front."""
+        self._probe_states[bucket] = state
+        oldest = bucket - self.archive.runup[1]
+        for old in [b for b in self._probe_states if b < oldest]:
+            del self._probe_states[old]
+
+    def _end_probe(self, failed: bool) -> None:
+        """A greedy probe's run ended: keep its path to a failure, forget it at a clear."""
+        if failed:
+            self.greedy_paths[self._key] = (self._top, self._probe_states)
+        else:
+            self.greedy_paths.pop(self._key, None)
+        self._probe_states = {}
 
     def _commit(self, up_to_step: int) -> None:
         """Archive the pending states saved at or before ``up_to_step``."""

@@ -100,6 +100,19 @@ class RestartsSettings(ComponentSettings):
         64, ge=1, le=4096, description="States kept per env (each ~256 KB of memory)."
     )
 
+    greedy_share: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="Share of stage-start training resets played by argmax (greedy probes).",
+    )
+    greedy_restarts: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of restarts from the last greedy probe's path, before its death.",
+    )
+
     def check_section(self, section: Any) -> None:
         if self.share > 0 and "restarts" not in section.wrappers:
             raise SettingsConflict(
