@@ -348,7 +348,9 @@ class AlgoConfig(Section):
 
 
 class ReplayConfig(Section):
-    replay: str = Field("none", description="Replay strategy: none, uniform, prioritized.")
+    replay: str = Field(
+        "none", description="Replay strategy: none, uniform, prioritized, self_imitation."
+    )
     per: bool = Field(False, description="Shortcut for replay = prioritized.")
     replay_capacity: int = Field(16384, ge=1, description="Transitions kept for replay.")
     replay_batch_size: int = Field(256, ge=1, description="Samples per extra replay update.")

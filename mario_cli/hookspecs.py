@@ -72,7 +72,7 @@ def register_algorithms(register: Register[AlgorithmFactory]) -> None:
 
 @hookspec
 def register_replay(register: Register[ReplayFactory]) -> None:
-    """Register replay strategies (uniform, prioritized).
+    """Register replay strategies (uniform, prioritized, self_imitation).
 
     Call ``register(name, factory)`` where
     ``factory(cfg: ReplayConfig, obs_shape: tuple[int, ...], seed: int)`` returns a

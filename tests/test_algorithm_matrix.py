@@ -21,7 +21,7 @@ CASES = [
 ] + [
     ("ppo", "none", {"model": {"noisy": True}}),
     ("impala", "lstm", {"model": {"noisy": True}}),
-    ("ppo", "none", {"replay": {"per": True, "replay_batch_size": 16}}),
+    ("ppo", "none", {"replay": {"replay": "self_imitation", "replay_batch_size": 16}}),
     ("impala", "none", {"replay": {"per": True, "replay_batch_size": 16}}),
     ("ppo", "gru", {"replay": {"replay": "uniform", "replay_batch_size": 16}}),
 ]

@@ -3,7 +3,9 @@
 Replayed transitions were collected by older policies: the policy-gradient term
 is weighted by the clipped importance ratio min(rho_clip, pi/mu) (detached, as in
 V-trace's truncated ratios) and by the replay's importance weights (prioritized
-sampling bias); the value term regresses the stored return targets.
+sampling bias); the value term regresses the stored return targets. A self-imitation strategy gets
+its own update: imitate the stored action weighted by ``(return - value)+``, and pull
+the value up to such returns only.
 """
 
 from __future__ import annotations
@@ -72,10 +74,17 @@ def replay_update(
         ratio = (log_probs - sample.behaviour_log_probs).exp()
         clipped = ratio.clamp(max=RHO_CLIP)
     weights = sample.weights
-    pg_loss = -(weights * clipped * sample.advantages * log_probs).mean()
-    value_loss = (weights * (sample.returns - values).pow(2)).mean()
     ent_coef = cfg.ent_coef if ent_coef is None else ent_coef
-    loss = pg_loss + cfg.vf_coef * value_loss - ent_coef * entropy.mean()
+    if getattr(replay, "self_imitation", False):
+        # Imitate what beat the current critic; the value only rises to such returns.
+        gap = (sample.returns - values).clamp(min=0)
+        pg_loss = -(weights * gap.detach() * log_probs).mean()
+        value_loss = (weights * gap.pow(2)).mean()
+        loss = pg_loss + cfg.vf_coef * value_loss
+    else:
+        pg_loss = -(weights * clipped * sample.advantages * log_probs).mean()
+        value_loss = (weights * (sample.returns - values).pow(2)).mean()
+        loss = pg_loss + cfg.vf_coef * value_loss - ent_coef * entropy.mean()
     optimiser.accumulate(loss)
     optimiser.step()
     errors = (sample.returns - values).detach().cpu().numpy()

@@ -12,3 +12,4 @@ from mario_cli.api import Register, ReplayFactory, hookimpl
 def register_replay(register: Register[ReplayFactory]) -> None:
     register("uniform", "mario_replay.strategies:UniformReplay")
     register("prioritized", "mario_replay.strategies:PrioritizedReplay")
+    register("self_imitation", "mario_replay.strategies:SelfImitationReplay")

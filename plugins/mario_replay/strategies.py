@@ -1,7 +1,9 @@
 """Replay strategies: keep recent transitions and hand back weighted samples of them.
 
 Samples carry the behaviour policy's log-probabilities, so the algorithm can correct
-the off-policy update with clipped importance ratios (or V-trace).
+the off-policy update with clipped importance ratios (or V-trace). A strategy with
+``self_imitation = True`` asks for the self-imitation update instead (imitate what
+beat the critic; see ``SelfImitationReplay``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ class UniformReplay:
     """A ring buffer of transitions sampled uniformly."""
 
     prioritized = False
+    self_imitation = False
 
     def __init__(self, cfg: Any, obs_shape: tuple[int, ...], seed: int = 0) -> None:
         self.capacity = cfg.replay_capacity
@@ -114,3 +117,20 @@ class PrioritizedReplay(UniformReplay):
 
     def update_priorities(self, indices: np.ndarray, errors: np.ndarray) -> None:
         self.tree.update(indices, self.priority(errors))
+
+
+class SelfImitationReplay(PrioritizedReplay):
+    """Self-imitation (Oh et al. 2018): replay what turned out better than expected.
+
+    The priority is the clipped gap ``(return - value)+``; the algorithm's update for
+    such a strategy imitates the stored action with that gap as its weight and pulls
+    the value up to the return, never down. A rare action that paid off (a jump
+    delayed by one step before a pit, taken with probability 0.03) is thus learned
+    from every time it is replayed, where the on-policy gradient for it scales with
+    its small probability and PPO's clip bounds each update.
+    """
+
+    self_imitation = True
+
+    def priority(self, errors: np.ndarray) -> np.ndarray:
+        return (np.clip(errors, 0.0, None) + self.EPSILON) ** self.alpha
