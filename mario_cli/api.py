@@ -41,6 +41,7 @@ from mario_cli.config import (
 )
 from mario_cli.diagnostics import History, entropy_of, retry_command
 from mario_cli.errors import ConfigError, MarioError
+from mario_cli.eval_protocol import DEFAULT_NOOP_MAX
 from mario_cli.events import Episode, EpisodeEnd, Hint
 from mario_cli.hookspecs import hookimpl
 
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from mario_cli.training.rollout import RolloutBatch
 
 __all__ = [
+    "DEFAULT_NOOP_MAX",
     "ActorCritic",
     "AlgoConfig",
     "Algorithm",

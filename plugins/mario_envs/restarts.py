@@ -52,9 +52,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from mario_cli.api import MarioCore
+from mario_cli.api import DEFAULT_NOOP_MAX, MarioCore
 
-NOOP_MAX = 30  # a greedy probe waits 0..NOOP_MAX no-op frames first, as evaluation does
 SAFE_STEPS = 8  # agent steps Mario must survive after a state for it to be kept
 ANNEAL_EPISODES = 20  # stage-start episodes in each stage's rolling clear rate
 ENDS_KEPT = 32  # recent death / cut x per stage that restarts aim at
@@ -170,14 +169,14 @@ class FrontierArchive:
 
     def pick(self, stage: Hashable, max_bucket: int, rng: np.random.Generator) -> Any | None:
         """A state from the highest bucket <= ``max_bucket`` of ``stage``, or None."""
-        buckets = self._stages.get(stage)
-        if not buckets or max_bucket < 1:
-            return None
-        usable = [b for b in buckets if b <= max_bucket]
-        if not usable:
-            return None
-        states = buckets[max(usable)]
-        return states[int(rng.integers(len(states)))]
+        states = highest_at_most(self._stages.get(stage, {}), max_bucket)
+        return None if states is None else states[int(rng.integers(len(states)))]
+
+
+def highest_at_most(by_bucket: dict[int, Any], max_bucket: int) -> Any | None:
+    """The value of the highest bucket <= ``max_bucket`` (and >= 1), or None."""
+    usable = [b for b in by_bucket if 1 <= b <= max_bucket]
+    return by_bucket[max(usable)] if usable else None
 
 
 class FrontierRestarts(gym.Wrapper):
@@ -236,7 +235,9 @@ class FrontierRestarts(gym.Wrapper):
                 options["restore"] = saved
             elif self.greedy_share > 0 and self._rng.random() < self.greedy_share:
                 probe = True
-                options.setdefault("noop_frames", int(self._rng.integers(0, NOOP_MAX + 1)))
+                # eval's start protocol, so probes see the starts eval will
+                noop = int(self._rng.integers(0, DEFAULT_NOOP_MAX + 1))
+                options.setdefault("noop_frames", noop)
         obs, info = self.env.reset(seed=seed, options=options or None)
         self._restart = bool(info.get("restart", False))
         self._probe = probe
@@ -270,8 +271,7 @@ class FrontierRestarts(gym.Wrapper):
     def _on_greedy_path(self, key: tuple[str, int, int]) -> Any | None:
         """A state of the last probe of ``key``, a drawn run-up before where it died."""
         end, states = self.greedy_paths[key]
-        usable = [b for b in states if b <= end - self.archive.draw_runup(self._rng)]
-        return states[max(usable)] if usable else None
+        return highest_at_most(states, end - self.archive.draw_runup(self._rng))
 
     def _begin_run(self, info: dict[str, Any]) -> None:
         """A new stretch of play: an episode, a stage of the whole game, or a new life."""
