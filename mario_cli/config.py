@@ -303,6 +303,11 @@ class ModelConfig(Section):
     recurrent_hidden: int = Field(
         0, ge=0, description="Core width: GRU/LSTM hidden, transformer d_model (0: hidden_size)."
     )
+    action_head: Literal["joint", "factored"] = Field(
+        "joint",
+        description="joint: a logit per action; factored: direction and A (jump) logits, "
+        "summed per action.",
+    )
     noisy: bool = Field(False, description="NoisyLinear actor and critic heads.")
     noisy_sigma0: float = Field(
         0.5, gt=0, description="NoisyLinear initial noise scale (sigma = sigma0 / sqrt(fan_in))."

@@ -42,6 +42,13 @@ class ActorCritic(nn.Module):
     its ``out_features`` attribute (if any) sizes the heads. ``done[b] = 1`` marks an
     observation that starts a new episode. With ``noisy=True`` both heads are
     :class:`NoisyLinear` layers whose noise changes only on :meth:`reset_noise`.
+
+    ``jump_factors`` (each action's direction index and whether it holds A, from
+    ``mario_cli.envs.stages.jump_factors``) makes the actor factored: it outputs a logit
+    per direction and two for A (released, held), and each action's logit is the sum of
+    its two. Under jump press the A actions of an action set are one move in the hop
+    rhythm; a joint head spreads what a loss takes from one of them over the others,
+    while the factored head moves the A choice itself, for every direction at once.
     """
 
     def __init__(
@@ -51,16 +58,30 @@ class ActorCritic(nn.Module):
         core: nn.Module | None = None,
         noisy: bool = False,
         sigma0: float = 0.5,
+        jump_factors: tuple[list[int], list[int]] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.core = core
         self.n_actions = n_actions
         self.noisy = noisy
+        self.factored = jump_factors is not None
         features = int(getattr(core, "out_features", backbone.out_features))
+        actor_outputs = n_actions
+        if jump_factors is not None:
+            direction_of, holds_a = jump_factors
+            if len(direction_of) != n_actions or len(holds_a) != n_actions:
+                raise ValueError("jump_factors needs a direction and an A flag per action")
+            n_directions = max(direction_of) + 1
+            actor_outputs = n_directions + 2
+            # Not saved with the weights: they follow from the action set.
+            self.register_buffer("direction_of", torch.tensor(direction_of), persistent=False)
+            self.register_buffer(
+                "a_choice_of", torch.tensor(holds_a) + n_directions, persistent=False
+            )
         # Both heads are built before either is initialised, which keeps the random stream
         # (and so seeded runs) identical to earlier versions.
-        self.actor = _linear(features, n_actions, noisy, sigma0)
+        self.actor = _linear(features, actor_outputs, noisy, sigma0)
         self.critic = _linear(features, 1, noisy, sigma0)
         # Small actor gain keeps the initial policy near uniform.
         _init_head(self.actor, gain=0.01)
@@ -91,7 +112,10 @@ class ActorCritic(nn.Module):
     def _heads(self, features: Tensor) -> tuple[Tensor, Tensor]:
         # float32 out of the heads: under autocast, bf16 log-probs would be off by ~1e-2,
         # the size of a PPO ratio's whole change in one update.
-        return self.actor(features).float(), self.critic(features).squeeze(-1).float()
+        logits = self.actor(features).float()
+        if self.factored:
+            logits = logits[..., self.direction_of] + logits[..., self.a_choice_of]
+        return logits, self.critic(features).squeeze(-1).float()
 
     def forward(self, obs: Tensor, state: Any = None, done: Tensor | None = None) -> PolicyOutput:
         features = self.backbone(obs)

@@ -1,4 +1,4 @@
-"""Every algorithm x recurrent core (and noisy, replay variants) trains and resumes."""
+"""Every algorithm x recurrent core (and noisy, factored, replay variants) trains and resumes."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ CASES = [
     for extra in ({},)
 ] + [
     ("ppo", "none", {"model": {"noisy": True}}),
+    ("ppo", "none", {"model": {"action_head": "factored"}}),
     ("impala", "lstm", {"model": {"noisy": True}}),
     ("ppo", "none", {"replay": {"replay": "self_imitation", "replay_batch_size": 16}}),
     ("impala", "none", {"replay": {"per": True, "replay_batch_size": 16}}),

@@ -43,6 +43,21 @@ def action_names(movement: str) -> list[str]:
     return ["+".join(combo) for combo in ACTION_SETS[movement]]
 
 
+def jump_factors(movement: str) -> tuple[list[int], list[int]]:
+    """Each action's direction (its buttons other than A, numbered in order of first use)
+    and whether it holds A: ``simple``'s ``right+A+B`` is direction ``right+B`` with A."""
+    action_bytes(movement)  # a clear error for an unknown action set
+    directions: dict[frozenset[str], int] = {}
+    direction_of, holds_a = [], []
+    for combo in ACTION_SETS[movement]:
+        rest = frozenset(button for button in combo if button not in ("A", "NOOP"))
+        direction_of.append(directions.setdefault(rest, len(directions)))
+        holds_a.append(int("A" in combo))
+    if len(set(holds_a)) < 2:
+        raise ConfigError(f"movement {movement!r} has no A choice to factor out; use a joint head")
+    return direction_of, holds_a
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One playable target: which ROM and which (world, stage), or the whole game."""

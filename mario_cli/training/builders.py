@@ -38,8 +38,18 @@ def build_policy(
     core = None
     if cfg.model.recurrent != "none":
         core = host["recurrent_cores"].get(cfg.model.recurrent)(backbone.out_features, cfg.model)
+    factors = None
+    if cfg.model.action_head == "factored":
+        from mario_cli.envs.stages import jump_factors
+
+        factors = jump_factors(cfg.env.movement)
     policy = ActorCritic(
-        backbone, n_actions, core, noisy=cfg.model.noisy, sigma0=cfg.model.noisy_sigma0
+        backbone,
+        n_actions,
+        core,
+        noisy=cfg.model.noisy,
+        sigma0=cfg.model.noisy_sigma0,
+        jump_factors=factors,
     )
     return policy.to(device), name
 
