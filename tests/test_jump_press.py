@@ -214,3 +214,26 @@ def test_reset_controls_resyncs_after_a_state_restore() -> None:
     assert peaks and 176 - peaks[0] > 50  # the held A jumps at once, full height
     on.close()
     off.close()
+
+
+def test_held_a_marker_shows_whether_a_is_held_without_jump_press() -> None:
+    cfg = EnvConfig(
+        reward={"no_progress_cut_steps": 0},
+        wrappers=["frame_skip", "grayscale", "resize", "held_a_marker", "frame_stack"],
+        jump_press=False,
+    )
+    env = make_env(cfg)
+    obs, _ = env.reset(seed=0)
+    corner = (slice(None), slice(0, 6), slice(0, 6))
+    assert obs.shape == (4, 84, 84) and (obs[corner] == 0).all()  # released after a reset
+    marks = []
+    for action in (RIGHT_A_B, RIGHT_A_B, RIGHT, A_ONLY, NOOP):
+        obs, *_ = env.step(action)
+        newest = obs[-1, :6, :6]
+        assert len(np.unique(newest)) == 1  # the whole corner is the marker
+        marks.append(int(newest[0, 0]))
+    assert marks == [255, 255, 0, 255, 0]
+    # the oldest stacked frames keep the marks of their own steps
+    assert [int(obs[k, 0, 0]) for k in range(4)] == [255, 0, 255, 0]
+    assert obs[-1, 40:, 6:].std() > 0  # the rest of the frame is the game
+    env.close()

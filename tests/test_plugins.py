@@ -111,4 +111,4 @@ def test_listing_plugins_imports_no_torch() -> None:
         "print(len(names), 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["11", "False"]
+    assert out.stdout.split() == ["12", "False"]

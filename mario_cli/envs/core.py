@@ -193,18 +193,22 @@ class MarioCore(gym.Env):
         there again would cut every jump to a hop.
         """
         buttons = self._buttons[action]
-        if not self.jump_press:
-            return buttons
-        if self._ram[FLOAT_STATE]:  # airborne (or climbing): the next landing may release
-            self._jump_armed = True
-        elif buttons & A_BUTTON:
-            if not self._a_held:  # a fresh press on the ground starts a jump
-                self._jump_armed = False
-            elif self._jump_armed:  # held from before the landing: release once
-                self._jump_armed = False
-                buttons &= ~A_BUTTON
+        if self.jump_press:
+            if self._ram[FLOAT_STATE]:  # airborne (or climbing): the next landing may release
+                self._jump_armed = True
+            elif buttons & A_BUTTON:
+                if not self._a_held:  # a fresh press on the ground starts a jump
+                    self._jump_armed = False
+                elif self._jump_armed:  # held from before the landing: release once
+                    self._jump_armed = False
+                    buttons &= ~A_BUTTON
         self._a_held = bool(buttons & A_BUTTON)
         return buttons
+
+    @property
+    def a_held(self) -> bool:
+        """Whether the last frame's controller byte held A (what the next press depends on)."""
+        return self._a_held
 
     def observe(self, out: np.ndarray | None = None) -> np.ndarray:
         """A copy of the current screen, grayscale if ``use_grayscale()`` was called."""

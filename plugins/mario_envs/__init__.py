@@ -15,6 +15,7 @@ def register_wrappers(register: Register[WrapperFactory]) -> None:
     register("frame_skip", "mario_envs.wrappers:frame_skip")
     register("grayscale", "mario_envs.wrappers:grayscale")
     register("resize", "mario_envs.wrappers:resize")
+    register("held_a_marker", "mario_envs.wrappers:held_a_marker")
     register("reward", "mario_envs.rewards:MarioReward", settings=RewardSettings)
     register("frame_stack", "mario_envs.wrappers:frame_stack")
     register("restarts", "mario_envs.restarts:FrontierRestarts", settings=RestartsSettings)

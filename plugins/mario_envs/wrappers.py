@@ -1,4 +1,4 @@
-"""Observation and timing wrappers: frame skip, grayscale, resize, frame stack."""
+"""Observation and timing wrappers: frame skip, grayscale, resize, held-A marker, frame stack."""
 
 from __future__ import annotations
 
@@ -85,6 +85,29 @@ class Resize(gym.ObservationWrapper):
         return cv2.resize(frame, (self.size, self.size), interpolation=cv2.INTER_AREA)
 
 
+class HeldAMarker(gym.ObservationWrapper):
+    """Paint the top-left corner of each frame white while A is held, black otherwise.
+
+    Without jump press, whether ``right+A+B`` jumps depends on whether A was already
+    held, which the screen does not show; the marker puts that one bit in the frames
+    (the corner is the HUD's empty sky on every stage), so the env is Markov again.
+    """
+
+    def __init__(self, env: gym.Env, size: int) -> None:
+        super().__init__(env)
+        core = env.unwrapped
+        if not isinstance(core, MarioCore):
+            raise ValueError("held_a_marker needs the core Mario env underneath")
+        if len(env.observation_space.shape) != 2:
+            raise ValueError("held_a_marker needs single-channel frames; put it after resize")
+        self._core = core
+        self.size = size
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        observation[: self.size, : self.size] = 255 if self._core.a_held else 0
+        return observation
+
+
 class FrameStack(gym.Wrapper):
     """Stack the last ``k`` frames on a leading axis: ``(k, H, W)``, oldest first."""
 
@@ -120,6 +143,11 @@ def grayscale(env: gym.Env, cfg: Any) -> gym.Env:
 
 def resize(env: gym.Env, cfg: Any) -> gym.Env:
     return Resize(env, cfg.obs_size, cfg.crop_top)
+
+
+def held_a_marker(env: gym.Env, cfg: Any) -> gym.Env:
+    # 6 px of 84: a quarter of the HUD's height, left of the score.
+    return HeldAMarker(env, max(2, cfg.obs_size // 14))
 
 
 def frame_stack(env: gym.Env, cfg: Any) -> gym.Env:
