@@ -347,3 +347,29 @@ def test_corrupt_model_is_one_line(trained: Path, tmp_path: Path) -> None:
     result = run_mario("eval", str(corrupt))
     assert result.returncode == 1 and str(corrupt) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_eval_deviations_lists_only_changes_that_get_further(trained: Path) -> None:
+    args = ("eval", "tiny-a", "-n", "1", "--deviations", "--deviations-window", "3")
+    result = run_mario(*args, "--json", "--artifacts-dir", str(trained))
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)["greedy_deviations"]
+    assert found["steps"] >= 1 and found["noop_frames"] == 0 and found["window"] == 3
+    for deviation in found["saving"]:
+        assert deviation["max_x_pos"] >= found["max_x_pos"] + 64
+        assert found["steps"] - 3 <= deviation["step"] < found["steps"]
+    clash = run_mario(*args, "--render", "--artifacts-dir", str(trained))
+    assert clash.returncode != 0 and "do not mix" in clash.stderr
+
+
+def test_deviations_print_as_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    from mario_cli.cli.eval import _print_deviations
+
+    saving = [{"step": 96, "x_pos": 929, "action": "NOOP", "max_x_pos": 1660, "cleared": False}]
+    found = {"window": 28, "steps": 116, "max_x_pos": 1130, "cleared": False}
+    _print_deviations({**found, "saving": saving})
+    shown = capsys.readouterr().out
+    assert "greedy path (no no-ops): 116 steps, ended at x = 1130" in shown
+    assert "929" in shown and "NOOP" in shown and "1660" in shown
+    _print_deviations({**found, "saving": []})
+    assert "no one-step deviation in its last 28 steps" in capsys.readouterr().out

@@ -57,6 +57,15 @@ def eval_command(
     stages: str | None = typer.Option(None, "--stages", help="1-1,1-2,... or all: a stage grid."),
     workers: int = typer.Option(0, "--workers", help="Processes (0: one per core)."),
     render: bool = typer.Option(False, "--render", help="Watch the agent play in a window."),
+    deviations: bool = typer.Option(
+        False,
+        "--deviations",
+        help="Also play one greedy episode (no no-ops) and list the one-step changes in "
+        "its last --deviations-window steps that get 64 px further (a minute or so).",
+    ),
+    deviations_window: int = typer.Option(
+        28, "--deviations-window", help="Steps before the greedy path's end to try changes at."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     artifacts_dir: Path = typer.Option(Path("artifacts"), "--artifacts-dir", help="Runs root."),
 ) -> None:
@@ -66,6 +75,8 @@ def eval_command(
     if episodes < 1 or max_steps < 1:
         raise ConfigError("--episodes and --max-steps must be at least 1")
     check_noop_max(noop_max)
+    if deviations_window < 1:
+        raise ConfigError("--deviations-window must be at least 1")
     policy = resolve_policy(policy, stochastic)
     policies = check_policy(policy)
     checkpoint = find_model(model, artifacts_dir)
@@ -77,6 +88,8 @@ def eval_command(
         overrides.update(env_id=env_id, random_stage=False)
     stage_list = parse_stages(stages) if stages else None
     if render:
+        if deviations:
+            raise ConfigError("--render and --deviations do not mix; run them one at a time")
         if len(policies) > 1:
             raise ConfigError("--render plays one policy; pass --policy greedy or stochastic")
         _render(checkpoint, overrides, policy == "greedy", max_steps, seed, episodes, noop_max)
@@ -99,7 +112,14 @@ def eval_command(
         )
 
     if as_json:
-        print(json.dumps(run()))
+        result = run()
+        if deviations:
+            from mario_cli.deviations import explain_greedy_death
+
+            result["greedy_deviations"] = explain_greedy_death(
+                checkpoint, overrides, window=deviations_window
+            )
+        print(json.dumps(result))
         return
     with console.status(f"playing {total} episode(s) with {checkpoint}") as status:
         result = run(lambda done: status.update(f"played {done}/{total} episode(s)"))
@@ -109,6 +129,36 @@ def eval_command(
             "[dim]every greedy episode was the same; --noop-max varies the starts and "
             "--policy stochastic samples actions[/]"
         )
+    if deviations:
+        from mario_cli.deviations import explain_greedy_death
+
+        with console.status("trying one-step deviations on the greedy path"):
+            found = explain_greedy_death(checkpoint, overrides, window=deviations_window)
+        _print_deviations(found)
+
+
+def _print_deviations(found: dict[str, Any]) -> None:
+    ended = "cleared" if found["cleared"] else f"ended at x = {found['max_x_pos']}"
+    console.print(f"greedy path (no no-ops): {found['steps']} steps, {ended}")
+    if found["cleared"]:
+        return
+    if not found["saving"]:
+        console.print(
+            f"no one-step deviation in its last {found['window']} steps gets 64 px further"
+        )
+        return
+    table = Table(title="one-step deviations that get past it (then greedy again)")
+    for column in ("step", "x", "action", "max x", "cleared"):
+        table.add_column(column, justify="right")
+    for d in found["saving"]:
+        table.add_row(
+            str(d["step"]),
+            str(d["x_pos"]),
+            d["action"],
+            str(d["max_x_pos"]),
+            "yes" if d["cleared"] else "no",
+        )
+    console.print(table)
 
 
 def repeats_one_episode(result: dict[str, Any], policy: str = "greedy") -> bool:

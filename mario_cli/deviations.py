@@ -1,0 +1,207 @@
+"""Where a greedy path could have been saved: one- to few-step deviations before its end.
+
+Greedy play from the stage start is a fixed path (the NES is deterministic), so when
+it dies, the question a user (or a training aid) asks is which different decision,
+and where, would have got past. :func:`greedy_path` plays the path and keeps the
+emulator state and the stacked observation before every step;
+:func:`saving_deviations` then tries, at each of the last ``window`` steps, each other
+action held for ``length`` steps followed by greedy play again, and reports those
+that get ``margin`` px past the path's furthest x (or clear the stage).
+
+A trial starts ``REPLAY_STEPS`` steps before its deviation from a saved state and
+replays the path's own actions up to it, so the frame stack holds real frames again
+(a restore refills it with one frame). The jump-press memory is not part of a saved
+state, so the replay is checked against the path's observation at the deviation step;
+where they differ, the trial replays from the stage start instead, which is exact
+because nothing in the NES is random.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mario_cli.envs.core import MarioCore, SavedState
+
+REPLAY_STEPS = 4  # >= the frame stack: after this many replayed steps it holds real frames
+
+Chooser = Callable[[np.ndarray], int]  # observation -> action (e.g. the policy's argmax)
+
+
+@dataclass
+class GreedyPath:
+    """One episode played by ``choose``: per step, the state and observation before it."""
+
+    noop_frames: int
+    actions: list[int] = field(default_factory=list)
+    xs: list[int] = field(default_factory=list)  # x after each step
+    states: list[SavedState] = field(default_factory=list)
+    observations: list[np.ndarray] = field(default_factory=list)
+    max_x: int = 0
+    cleared: bool = False
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """``action`` held for ``length`` steps from step ``step`` (at x ``x``), then greedy."""
+
+    step: int
+    x: int
+    action: int
+    length: int
+    max_x: int
+    cleared: bool
+    exact_restore: bool  # False: this trial had to replay from the stage start
+
+
+def _core(env: Any) -> MarioCore:
+    core = env.unwrapped
+    if not isinstance(core, MarioCore):
+        raise TypeError("deviations need the core Mario env underneath")
+    return core
+
+
+def _ended(terminated: bool, truncated: bool, info: dict[str, Any], life: int) -> bool:
+    return terminated or truncated or int(info["life"]) < life
+
+
+def greedy_path(
+    env: Any, choose: Chooser, noop_frames: int = 0, max_steps: int = 3000
+) -> GreedyPath:
+    """Play one episode with ``choose`` from the stage start after ``noop_frames`` frames.
+
+    The episode ends at a lost life, as a stage-start episode does for the agent.
+    """
+    core = _core(env)
+    path = GreedyPath(noop_frames=noop_frames)
+    obs, info = env.reset(options={"noop_frames": noop_frames})
+    life = int(info["life"])
+    for _ in range(max_steps):
+        path.states.append(core.dump_state())
+        path.observations.append(np.array(obs, copy=True))
+        action = choose(obs)
+        obs, _, terminated, truncated, info = env.step(action)
+        path.actions.append(action)
+        path.xs.append(int(info["x_pos"]))
+        path.max_x = max(path.max_x, int(info["x_pos"]))
+        if info.get("flag_get"):
+            path.cleared = True
+            break
+        if _ended(terminated, truncated, info, life):
+            break
+    return path
+
+
+def _play_on(
+    env: Any, obs: np.ndarray, choose: Chooser, first: Sequence[int], horizon: int, life: int
+) -> tuple[int, bool]:
+    """Play ``first`` then ``choose`` for up to ``horizon`` steps: (max x, cleared)."""
+    best = 0
+    for t in range(len(first) + horizon):
+        action = first[t] if t < len(first) else choose(obs)
+        obs, _, terminated, truncated, info = env.step(action)
+        best = max(best, int(info["x_pos"]))
+        if info.get("flag_get"):
+            return best, True
+        if _ended(terminated, truncated, info, life):
+            break
+    return best, False
+
+
+def _start_at(env: Any, path: GreedyPath, step: int) -> tuple[np.ndarray, int, bool]:
+    """The observation before ``step`` of ``path``, the life count, and whether it came
+    from a saved state (else from a replay of the whole path so far)."""
+    begin = max(0, step - REPLAY_STEPS)
+    if begin > 0:
+        obs, info = env.reset(options={"restore": path.states[begin]})
+        life = int(info["life"])
+        for action in path.actions[begin:step]:
+            obs, *_ = env.step(action)
+        if np.array_equal(obs, path.observations[step]):
+            return obs, life, True
+    obs, info = env.reset(options={"noop_frames": path.noop_frames})
+    life = int(info["life"])
+    for action in path.actions[:step]:
+        obs, *_ = env.step(action)
+    return obs, life, begin == 0
+
+
+def saving_deviations(
+    env: Any,
+    choose: Chooser,
+    path: GreedyPath,
+    window: int = 28,
+    lengths: Sequence[int] = (1,),
+    margin: int = 64,
+    horizon: int = 80,
+    actions: Sequence[int] | None = None,
+) -> list[Deviation]:
+    """Deviations in the last ``window`` steps of ``path`` that get past its end.
+
+    Each holds an action other than the path's own for ``length`` steps, then lets
+    ``choose`` play for up to ``horizon`` steps; it saves the path when it reaches
+    ``path.max_x + margin`` or the flag. ``actions`` defaults to the whole action set.
+    """
+    candidates = list(range(env.action_space.n)) if actions is None else list(actions)
+    saved: list[Deviation] = []
+    target = path.max_x + margin
+    for step in range(max(0, len(path.actions) - window), len(path.actions)):
+        for action in candidates:
+            if action == path.actions[step]:
+                continue
+            for length in lengths:
+                obs, life, exact = _start_at(env, path, step)
+                max_x, cleared = _play_on(env, obs, choose, [action] * length, horizon, life)
+                if cleared or max_x >= target:
+                    x = path.xs[step - 1] if step > 0 else 0
+                    saved.append(Deviation(step, x, action, length, max_x, cleared, exact))
+    return saved
+
+
+def explain_greedy_death(
+    checkpoint: Any,
+    env_overrides: dict[str, Any] | None = None,
+    noop_frames: int = 0,
+    window: int = 28,
+) -> dict[str, Any]:
+    """Play a checkpoint greedily once and list the one-step deviations that save it.
+
+    A JSON-able summary: where the path ended and, for each saving deviation, its
+    step, x, action name and how far it got.
+    """
+    from mario_cli.envs import make_env
+    from mario_cli.envs.stages import action_names
+    from mario_cli.errors import ConfigError
+    from mario_cli.evaluation import load_agent
+
+    agent = load_agent(checkpoint, env_overrides)
+    if getattr(agent.policy, "recurrent", False):
+        raise ConfigError("--deviations needs a feed-forward policy (this one is recurrent)")
+    names = action_names(agent.cfg.env.movement)
+    env = make_env(agent.cfg.env)
+    try:
+        choose: Chooser = lambda obs: agent.act(obs, None, False, True)[0]  # noqa: E731
+        path = greedy_path(env, choose, noop_frames)
+        found = [] if path.cleared else saving_deviations(env, choose, path, window=window)
+    finally:
+        env.close()
+    return {
+        "noop_frames": noop_frames,
+        "window": window,
+        "steps": len(path.actions),
+        "max_x_pos": path.max_x,
+        "cleared": path.cleared,
+        "saving": [
+            {
+                "step": d.step,
+                "x_pos": d.x,
+                "action": names[d.action],
+                "max_x_pos": d.max_x,
+                "cleared": d.cleared,
+            }
+            for d in found
+        ],
+    }
