@@ -54,7 +54,7 @@ class Deviation:
     length: int
     max_x: int
     cleared: bool
-    exact_restore: bool  # False: this trial had to replay from the stage start
+    exact_restore: bool  # False: the restore did not reproduce the path; replayed from the start
 
 
 def _core(env: Any) -> MarioCore:
@@ -178,7 +178,7 @@ def explain_greedy_death(
     from mario_cli.evaluation import load_agent
 
     agent = load_agent(checkpoint, env_overrides)
-    if getattr(agent.policy, "recurrent", False):
+    if agent.policy.recurrent:
         raise ConfigError("--deviations needs a feed-forward policy (this one is recurrent)")
     names = action_names(agent.cfg.env.movement)
     env = make_env(agent.cfg.env)

@@ -99,7 +99,9 @@ class HeldAMarker(gym.ObservationWrapper):
         if not isinstance(core, MarioCore):
             raise ValueError("held_a_marker needs the core Mario env underneath")
         if len(env.observation_space.shape) != 2:
-            raise ValueError("held_a_marker needs single-channel frames; put it after resize")
+            raise ValueError(
+                "held_a_marker needs single-channel frames; put it after resize, before frame_stack"
+            )
         self._core = core
         self.size = size
 
