@@ -363,6 +363,36 @@ class ReplayConfig(Section):
     per_beta: float = Field(0.4, ge=0, le=1, description="Initial importance exponent (to 1).")
 
 
+
+class RepairConfig(Section):
+    """Greedy-path repair, a training aid: every ``repair_every`` agent steps the
+    learner plays its policy greedily from the stage start (eval's start protocol);
+    where that path dies, it searches the last steps for a one-step change that gets
+    past, and imitates the repaired path after each update."""
+
+    repair_every: int = Field(
+        0, ge=0, description="Agent steps between greedy checks from the stage start (0: off)."
+    )
+    repair_window: int = Field(
+        24, ge=1, description="Steps before a greedy death searched for a change that saves it."
+    )
+    repair_actions: Literal["all", "release"] = Field(
+        "all", description="Changes tried: every other action, or only those without A."
+    )
+    repair_margin: int = Field(
+        64, ge=1, description="Pixels past the death a change must reach to count as a repair."
+    )
+    repair_steps: int = Field(
+        4, ge=0, description="Imitation gradient steps on the repaired paths after each update."
+    )
+    repair_batch: int = Field(
+        64, ge=1, description="Path steps drawn per imitation step (every fix comes too)."
+    )
+    repair_coef: float = Field(1.0, ge=0, description="Weight of the imitation loss.")
+    repair_paths: int = Field(
+        8, ge=1, description="Repaired paths kept, one per stage and no-op start (newest kept)."
+    )
+
 class TrainConfig(Section):
     total_timesteps: int = Field(1_000_000, ge=1, description="Agent steps over all envs.")
     seed: int = Field(0, description="Seeds torch, numpy and every env.")
@@ -443,6 +473,7 @@ SECTIONS: dict[str, type[Section]] = {
     "model": ModelConfig,
     "algo": AlgoConfig,
     "replay": ReplayConfig,
+    "repair": RepairConfig,
     "train": TrainConfig,
     "ui": UiConfig,
     "hints": HintsConfig,
@@ -663,6 +694,7 @@ class MarioConfig(BaseSettings):
     model: ModelConfig = Field(default_factory=ModelConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    repair: RepairConfig = Field(default_factory=RepairConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
     hints: HintsConfig = Field(default_factory=HintsConfig)
@@ -956,6 +988,7 @@ SECTION_TITLES = {
     "model": "Model: backbone, heads, recurrent core",
     "algo": "Algorithm and optimisation",
     "replay": "Replay strategies",
+    "repair": "Greedy-path repair: greedy checks from the stage start, imitation of their fixes",
     "train": "Training run: budget, device, checkpoints, output",
     "ui": "Display",
     "hints": "Stuck-agent hints: the diagnostics thresholds, and each rule's own",

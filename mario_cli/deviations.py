@@ -38,10 +38,11 @@ class GreedyPath:
     noop_frames: int
     actions: list[int] = field(default_factory=list)
     xs: list[int] = field(default_factory=list)  # x after each step
-    states: list[SavedState] = field(default_factory=list)
+    states: list[SavedState | None] = field(default_factory=list)  # None: not kept
     observations: list[np.ndarray] = field(default_factory=list)
     max_x: int = 0
     cleared: bool = False
+    died: bool = False  # ended by a lost life (not the flag, a time-out or a stall)
 
 
 @dataclass(frozen=True)
@@ -69,53 +70,92 @@ def _ended(terminated: bool, truncated: bool, info: dict[str, Any], life: int) -
 
 
 def greedy_path(
-    env: Any, choose: Chooser, noop_frames: int = 0, max_steps: int = 3000
+    env: Any,
+    choose: Chooser,
+    noop_frames: int = 0,
+    max_steps: int = 3000,
+    keep_states: int | None = None,
+    stall_steps: int | None = None,
 ) -> GreedyPath:
     """Play one episode with ``choose`` from the stage start after ``noop_frames`` frames.
 
-    The episode ends at a lost life, as a stage-start episode does for the agent.
+    The episode ends at a lost life, as a stage-start episode does for the agent, or
+    after ``stall_steps`` steps without a new max x. ``keep_states`` keeps only the
+    last that many saved states (~256 KB each; older ones become None).
     """
     core = _core(env)
     path = GreedyPath(noop_frames=noop_frames)
     obs, info = env.reset(options={"noop_frames": noop_frames})
     life = int(info["life"])
+    since_best = 0
     for _ in range(max_steps):
         path.states.append(core.dump_state())
+        if keep_states is not None and len(path.states) > keep_states:
+            path.states[-keep_states - 1] = None
         path.observations.append(np.array(obs, copy=True))
         action = choose(obs)
         obs, _, terminated, truncated, info = env.step(action)
         path.actions.append(action)
-        path.xs.append(int(info["x_pos"]))
-        path.max_x = max(path.max_x, int(info["x_pos"]))
+        x = int(info["x_pos"])
+        path.xs.append(x)
+        since_best = 0 if x > path.max_x else since_best + 1
+        path.max_x = max(path.max_x, x)
         if info.get("flag_get"):
             path.cleared = True
             break
         if _ended(terminated, truncated, info, life):
+            path.died = int(info["life"]) < life or terminated
+            break
+        if stall_steps is not None and since_best >= stall_steps:
             break
     return path
 
 
+@dataclass
+class Trial:
+    """How one deviation played out; ``observations``/``actions`` only when recorded."""
+
+    max_x: int
+    cleared: bool
+    observations: list[np.ndarray] = field(default_factory=list)
+    actions: list[int] = field(default_factory=list)
+
+
 def _play_on(
-    env: Any, obs: np.ndarray, choose: Chooser, first: Sequence[int], horizon: int, life: int
-) -> tuple[int, bool]:
-    """Play ``first`` then ``choose`` for up to ``horizon`` steps: (max x, cleared)."""
-    best = 0
+    env: Any,
+    obs: np.ndarray,
+    choose: Chooser,
+    first: Sequence[int],
+    horizon: int,
+    life: int,
+    stop_at: int | None = None,
+    record: bool = False,
+) -> Trial:
+    """Play ``first`` then ``choose`` for up to ``horizon`` steps, or until x reaches
+    ``stop_at``; with ``record``, keep the observation before each step and its action."""
+    trial = Trial(0, False)
     for t in range(len(first) + horizon):
         action = first[t] if t < len(first) else choose(obs)
+        if record:
+            trial.observations.append(np.array(obs, copy=True))
+            trial.actions.append(action)
         obs, _, terminated, truncated, info = env.step(action)
-        best = max(best, int(info["x_pos"]))
+        trial.max_x = max(trial.max_x, int(info["x_pos"]))
         if info.get("flag_get"):
-            return best, True
+            trial.cleared = True
+            break
         if _ended(terminated, truncated, info, life):
             break
-    return best, False
+        if stop_at is not None and trial.max_x >= stop_at:
+            break
+    return trial
 
 
 def _start_at(env: Any, path: GreedyPath, step: int) -> tuple[np.ndarray, int, bool]:
     """The observation before ``step`` of ``path``, the life count, and whether it came
     from a saved state (else from a replay of the whole path so far)."""
     begin = max(0, step - REPLAY_STEPS)
-    if begin > 0:
+    if begin > 0 and path.states[begin] is not None:
         obs, info = env.reset(options={"restore": path.states[begin]})
         life = int(info["life"])
         for action in path.actions[begin:step]:
@@ -154,11 +194,86 @@ def saving_deviations(
                 continue
             for length in lengths:
                 obs, life, exact = _start_at(env, path, step)
-                max_x, cleared = _play_on(env, obs, choose, [action] * length, horizon, life)
-                if cleared or max_x >= target:
-                    x = path.xs[step - 1] if step > 0 else 0
-                    saved.append(Deviation(step, x, action, length, max_x, cleared, exact))
+                trial = _play_on(env, obs, choose, [action] * length, horizon, life)
+                if trial.cleared or trial.max_x >= target:
+                    saved.append(
+                        Deviation(
+                            step,
+                            _x_before(path, step),
+                            action,
+                            length,
+                            trial.max_x,
+                            trial.cleared,
+                            exact,
+                        )
+                    )
     return saved
+
+
+def _x_before(path: GreedyPath, step: int) -> int:
+    return path.xs[step - 1] if step > 0 else 0
+
+
+@dataclass
+class Repair:
+    """The latest step of a dying path whose change gets past its end, and the path
+    repaired: the path's own steps before it, the change, then ``choose``'s steps until
+    ``margin`` px past the old end (or the flag)."""
+
+    deviation: Deviation
+    observations: list[np.ndarray]
+    actions: list[int]
+
+    @property
+    def fix_index(self) -> int:
+        """Where the change sits in ``actions``."""
+        return self.deviation.step
+
+
+def first_repair(
+    env: Any,
+    choose: Chooser,
+    path: GreedyPath,
+    window: int,
+    actions: Sequence[int],
+    margin: int = 64,
+    horizon: int = 80,
+) -> tuple[Repair | None, int]:
+    """Search the last ``window`` steps of ``path`` from its end backwards for a
+    one-step change to one of ``actions`` that gets ``margin`` px past the end.
+
+    The latest such step wins (the smallest change to what the policy does); at that
+    step, a clear beats the furthest x. Returns the repair (None if no step saves the
+    path) and the trials played, for the caller's cost accounting.
+    """
+    target = path.max_x + margin
+    trials = 0
+    for step in range(len(path.actions) - 1, max(0, len(path.actions) - window) - 1, -1):
+        best: tuple[Trial, int, bool] | None = None
+        for action in actions:
+            if action == path.actions[step]:
+                continue
+            obs, life, exact = _start_at(env, path, step)
+            trial = _play_on(env, obs, choose, [action], horizon, life, target, record=True)
+            trials += 1
+            if not (trial.cleared or trial.max_x >= target):
+                continue
+            if best is None or (trial.cleared, trial.max_x) > (best[0].cleared, best[0].max_x):
+                best = (trial, action, exact)
+        if best is not None:
+            trial, action, exact = best
+            deviation = Deviation(
+                step, _x_before(path, step), action, 1, trial.max_x, trial.cleared, exact
+            )
+            return (
+                Repair(
+                    deviation,
+                    path.observations[:step] + trial.observations,
+                    path.actions[:step] + trial.actions,
+                ),
+                trials,
+            )
+    return None, trials
 
 
 def explain_greedy_death(

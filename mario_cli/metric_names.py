@@ -46,6 +46,18 @@ REPLAY_PRIORITY_SPREAD = "replay/priority_spread"
 REPLAY_SIZE = "replay/size"
 REPLAY_VALUE_LOSS = "replay/value_loss"
 
+# Greedy-path repair (--repair-every): the learner's own greedy checks from the stage start
+REPAIR_CHECKS = "repair/checks"  # greedy checks so far
+REPAIR_CLEARS = "repair/clears"  # checks whose greedy path cleared, so far
+REPAIR_FIXES = "repair/fixes"  # dying checks a one-step change repaired, so far
+REPAIR_MAX_X_POS = "repair/max_x_pos"  # the last check's greedy max x
+REPAIR_FIX_X_POS = "repair/fix_x_pos"  # where the last repair changed the path
+REPAIR_PATHS = "repair/paths"  # repaired (or clearing) paths imitated
+REPAIR_DEMO_STEPS = "repair/demo_steps"  # their steps
+REPAIR_ACCURACY = "repair/accuracy"  # share of those steps the policy's argmax already takes
+REPAIR_FIX_ACCURACY = "repair/fix_accuracy"  # the same, at the fixes only
+REPAIR_IMITATION_LOSS = "repair/imitation_loss"
+
 # Ray actors (--actors ray)
 ACTORS_COUNT = "actors/count"  # actors delivering rollouts now
 ACTORS_LOST = "actors/lost"  # actors lost (and replaced) so far in this session

@@ -51,7 +51,7 @@ def test_precedence_through_the_cli(tmp_path: Path) -> None:
     data = json.loads(result.stdout)
     assert data["algo"]["gamma"] == 0.6
     assert data["algo"]["ent_coef"] == 0.03
-    assert set(data) == {"env", "model", "algo", "replay", "train", "ui", "hints", "tune"}
+    assert set(data) == {"env", "model", "algo", "replay", "repair", "train", "ui", "hints", "tune"}
 
 
 def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from mario_cli.config import (
 )
 
 # Sections whose keys become flags of train/resume/tune.
-TRAIN_SECTIONS = ("env", "model", "algo", "replay", "train", "ui", "hints")
+TRAIN_SECTIONS = ("env", "model", "algo", "replay", "repair", "train", "ui", "hints")
 _NONE_WORDS = {"none", "null", "off"}
 
 

@@ -60,6 +60,7 @@ from mario_cli.training.device import (
     should_compile,
 )
 from mario_cli.training.optim import GradientStepper
+from mario_cli.training.repair import PathRepair
 from mario_cli.training.rollout import RolloutBatch, RolloutStorage
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ class TrainingControl:
 class PhaseTimer:
     """Wall-clock seconds spent per phase of the loop (for `mario bench train`)."""
 
-    PHASES = ("env_wait", "inference", "update", "logging")
+    PHASES = ("env_wait", "inference", "update", "repair", "logging")
 
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(self.PHASES, 0.0)
@@ -199,6 +200,7 @@ class Trainer:
         self._holds_run = False
         self._compile_guard: CompileGuard | None = None
         self.ray: RaySession | None = None  # --actors ray: this run's use of the cluster
+        self.repair: PathRepair | None = None  # --repair-every: greedy-path repair
 
     # ----------------------------------------------------------------- events
     def _note(self, message: str) -> None:
@@ -250,6 +252,8 @@ class Trainer:
             self.policy.parameters(), cfg.algo, total_updates, self.device, amp_dtype, use_scaler
         )
         self.algorithm = build_algorithm(cfg, self.policy, self.optimiser, self.obs_shape)
+        if cfg.repair.repair_every > 0:
+            self.repair = PathRepair(cfg, self.policy, self.optimiser, self.device)
         if cfg.train.actors == "ray":
             from mario_cli.training.ray_actors import RaySession
 
@@ -543,6 +547,11 @@ class Trainer:
             batch.policy_lag = self.iteration - batch.policy_version
             with self.timer("update"):
                 metrics = self.algorithm.update(batch)
+            notices: list[str] = []
+            if self.repair is not None:
+                with self.timer("repair"):
+                    repaired, notices = self.repair.after_update(self.global_step + rollout_size)
+                metrics.update(repaired)
             if background is not None:
                 background.publish(self.policy, self.iteration + 1)
             self.global_step += rollout_size
@@ -555,6 +564,8 @@ class Trainer:
             metrics[names.TIME_TOTAL_TIMESTEPS] = self.global_step
             metrics[names.TIME_TIME_ELAPSED] = elapsed
             self.emit(IterationStats(self.global_step, self.iteration, total, metrics))
+            for message in notices:
+                self.emit(Notice(message))
             self._report_compile_fallback()
             if self.on_iteration is not None:
                 self.on_iteration(self.global_step, metrics)
@@ -634,3 +645,5 @@ class Trainer:
         if self.ray is not None:
             self.ray.close()
             self.ray = None
+        if self.repair is not None:
+            self.repair.close()

@@ -1,0 +1,158 @@
+"""Greedy-path repair: the search on the real emulator, the imitation, the trainer's use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mario_cli.config import EnvConfig, load_config
+from mario_cli.deviations import first_repair, greedy_path
+from mario_cli.envs import make_env
+from mario_cli.envs.stages import action_names
+from mario_cli.errors import ConfigError
+from mario_cli.events import IterationStats, Notice
+from mario_cli.training.builders import build_policy
+from mario_cli.training.optim import GradientStepper
+from mario_cli.training.repair import PathRepair, candidate_actions
+from tests.test_training import tiny_config, train
+
+NAMES = action_names("simple")
+RIGHT_A_B = NAMES.index("right+A+B")
+
+
+def hold_right_a_b(obs) -> int:
+    return RIGHT_A_B
+
+
+def test_the_repaired_path_is_a_real_path_past_the_death() -> None:
+    env = make_env(EnvConfig(reward={"no_progress_cut_steps": 0}))
+    path = greedy_path(env, hold_right_a_b, keep_states=30)
+    assert path.died and 1_100 < path.max_x < 1_200
+    assert all(state is None for state in path.states[:-30])  # only the last 30 kept
+
+    repair, trials = first_repair(env, hold_right_a_b, path, 24, range(len(NAMES)))
+    assert repair is not None and trials > 0
+    fix = repair.deviation
+    last = len(path.actions)
+    assert last - 24 <= fix.step < last and fix.action != RIGHT_A_B
+    assert fix.max_x >= path.max_x + 64
+    # the path's own steps up to the fix, the fix, then the chooser's steps
+    assert repair.actions[: fix.step] == path.actions[: fix.step]
+    assert repair.actions[fix.step] == fix.action
+    assert all(a == RIGHT_A_B for a in repair.actions[fix.step + 1 :])
+    assert len(repair.observations) == len(repair.actions)
+
+    # played again from the start, it is the same game: same frames, past the death
+    obs, info = env.reset(options={"noop_frames": 0})
+    life, best = info["life"], 0
+    for seen, action in zip(repair.observations, repair.actions, strict=True):
+        assert np.array_equal(obs, seen)
+        obs, _, terminated, _, info = env.step(action)
+        best = max(best, info["x_pos"])
+        assert not terminated and info["life"] == life
+    assert best >= path.max_x + 64
+
+    # no later step saves it: the latest saving step is the one returned
+    later = last - fix.step - 1
+    assert first_repair(env, hold_right_a_b, path, later, range(len(NAMES)))[0] is None
+    env.close()
+
+
+def test_candidates_are_every_action_or_those_without_a() -> None:
+    assert candidate_actions("simple", "all") == list(range(7))
+    release = candidate_actions("simple", "release")
+    assert [NAMES[i] for i in release] == ["NOOP", "right", "right+B", "left"]
+    assert [action_names("right_only")[i] for i in candidate_actions("right_only", "release")] == [
+        "NOOP",
+        "right",
+        "right+B",
+    ]
+
+
+def _repair_for(tmp_path: Path, **repair: object) -> PathRepair:
+    cfg = load_config(
+        cli_overrides={
+            "repair": {"repair_every": 1000, **repair},
+            "algo": {"learning_rate": 1e-3},
+            "train": {"artifacts_dir": str(tmp_path)},
+        },
+        environ={},
+    )
+    torch.manual_seed(0)
+    policy, _ = build_policy(cfg, (4, 84, 84), 7, torch.device("cpu"))
+    optimiser = GradientStepper(policy.parameters(), cfg.algo, 100, torch.device("cpu"))
+    return PathRepair(cfg, policy, optimiser, torch.device("cpu"))
+
+
+def test_imitation_teaches_the_kept_paths_with_the_fix_in_every_batch(tmp_path: Path) -> None:
+    repair = _repair_for(tmp_path, repair_batch=8, repair_steps=4)
+    assert repair.imitate() == {}  # nothing kept: no step, no metrics
+    rng = np.random.default_rng(0)
+    observations = list(rng.integers(0, 255, (60, 4, 84, 84), dtype=np.uint8))
+    actions = [RIGHT_A_B] * 60
+    actions[50] = NAMES.index("NOOP")  # the fix: one step in sixty
+    repair._keep(("1-1", 3), observations, actions, fix=50)
+
+    first = repair.imitate()
+    assert first["repair/paths"] == 1 and first["repair/demo_steps"] == 60
+    for _ in range(25):
+        last = repair.imitate()
+    assert last["repair/imitation_loss"] < first["repair/imitation_loss"]
+    # the fix is in every batch of 8 (drawn alone it would be in ~13% of them)
+    assert last["repair/fix_accuracy"] == 1.0 and last["repair/accuracy"] == 1.0
+    with torch.no_grad():
+        picked = repair.policy(torch.from_numpy(np.stack(observations))).logits.argmax(-1)
+    assert picked.tolist() == actions
+
+
+def test_a_new_path_for_a_start_replaces_its_old_one_and_the_oldest_go(tmp_path: Path) -> None:
+    repair = _repair_for(tmp_path, repair_paths=2)
+    frame = np.zeros((4, 84, 84), dtype=np.uint8)
+    repair._keep(("1-1", 0), [frame] * 3, [1, 1, 1], fix=2)
+    repair._keep(("1-1", 5), [frame] * 4, [1, 1, 1, 1], fix=None)
+    repair._keep(("1-1", 0), [frame] * 5, [1] * 5, fix=4)
+    assert (
+        list(repair.paths) == [("1-1", 5), ("1-1", 0)]
+        and len(repair.paths[("1-1", 0)].actions) == 5
+    )
+    repair._keep(("1-1", 9), [frame] * 2, [1, 1], fix=None)
+    assert list(repair.paths) == [("1-1", 0), ("1-1", 9)]
+    obs, actions, fixes = repair._demos()
+    assert len(obs) == len(actions) == 7 and fixes.tolist() == [4]
+
+
+def test_checks_come_at_multiples_of_repair_every(tmp_path: Path, monkeypatch) -> None:
+    repair = _repair_for(tmp_path, repair_every=1000)
+    checked: list[int] = []
+    monkeypatch.setattr(repair, "check", lambda: checked.append(step) or "checked")
+    for step in (512, 1024, 1536, 2048, 2560, 3072):
+        _, notices = repair.after_update(step)
+        assert notices == (["checked"] if step in (1024, 2048, 3072) else [])
+    assert checked == [1024, 2048, 3072]
+    resumed = _repair_for(tmp_path, repair_every=1000)
+    monkeypatch.setattr(resumed, "check", lambda: checked.append(-step) or "checked")
+    for step in (5120, 5632, 6144):  # a resumed run: the next multiple, not at once
+        resumed.after_update(step)
+    assert checked[-1:] == [-6144]
+
+
+def test_training_with_repair_checks_greedy_play_and_reports_it(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, repair={"repair_every": 32, "repair_window": 2})
+    trainer, events = train(cfg)
+    assert events[-1].status == "finished"
+    stats = [e for e in events if isinstance(e, IterationStats)]
+    assert [s.metrics.get("repair/checks") for s in stats] == [1.0, 2.0]
+    assert all(s.metrics["repair/max_x_pos"] > 0 for s in stats)
+    notes = [e.message for e in events if isinstance(e, Notice) and e.message.startswith("repair:")]
+    assert len(notes) == 2 and all("greedy from 1-1 after" in note for note in notes)
+    assert trainer.timer.seconds["repair"] > 0
+    assert trainer.repair is not None and not trainer.repair._envs  # closed with the run
+
+
+def test_repair_refuses_a_recurrent_policy(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, repair={"repair_every": 32}, model={"recurrent": "lstm"})
+    with pytest.raises(ConfigError, match="feed-forward"):
+        train(cfg)
