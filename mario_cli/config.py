@@ -363,7 +363,6 @@ class ReplayConfig(Section):
     per_beta: float = Field(0.4, ge=0, le=1, description="Initial importance exponent (to 1).")
 
 
-
 class RepairConfig(Section):
     """Greedy-path repair, a training aid: every ``repair_every`` agent steps the
     learner plays its policy greedily from the stage start (eval's start protocol);
@@ -392,6 +391,7 @@ class RepairConfig(Section):
     repair_paths: int = Field(
         8, ge=1, description="Repaired paths kept, one per stage and no-op start (newest kept)."
     )
+
 
 class TrainConfig(Section):
     total_timesteps: int = Field(1_000_000, ge=1, description="Agent steps over all envs.")

@@ -44,6 +44,19 @@ class GreedyPath:
     cleared: bool = False
     died: bool = False  # ended by a lost life (not the flag, a time-out or a stall)
 
+    def stall_point(self, tail: int) -> GreedyPath:
+        """The path up to ``tail`` steps after it first reached its max x: where a path
+        that stalled (walking into a wall, say) stopped getting anywhere."""
+        end = min(len(self.actions), self.xs.index(self.max_x) + 1 + tail)
+        return GreedyPath(
+            self.noop_frames,
+            self.actions[:end],
+            self.xs[:end],
+            self.states[:end],
+            self.observations[:end],
+            self.max_x,
+        )
+
 
 @dataclass(frozen=True)
 class Deviation:

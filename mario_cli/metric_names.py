@@ -57,6 +57,7 @@ REPAIR_DEMO_STEPS = "repair/demo_steps"  # their steps
 REPAIR_ACCURACY = "repair/accuracy"  # share of those steps the policy's argmax already takes
 REPAIR_FIX_ACCURACY = "repair/fix_accuracy"  # the same, at the fixes only
 REPAIR_IMITATION_LOSS = "repair/imitation_loss"
+REPAIR_SECONDS = "repair/seconds"  # wall-clock seconds of the checks (with their search) so far
 
 # Ray actors (--actors ray)
 ACTORS_COUNT = "actors/count"  # actors delivering rollouts now

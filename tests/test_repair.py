@@ -148,7 +148,7 @@ def test_training_with_repair_checks_greedy_play_and_reports_it(tmp_path: Path) 
     assert all(s.metrics["repair/max_x_pos"] > 0 for s in stats)
     notes = [e.message for e in events if isinstance(e, Notice) and e.message.startswith("repair:")]
     assert len(notes) == 2 and all("greedy from 1-1 after" in note for note in notes)
-    assert trainer.timer.seconds["repair"] > 0
+    assert trainer.timer.seconds["repair"] > 0 and stats[-1].metrics["repair/seconds"] > 0
     assert trainer.repair is not None and not trainer.repair._envs  # closed with the run
 
 
@@ -156,3 +156,14 @@ def test_repair_refuses_a_recurrent_policy(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, repair={"repair_every": 32}, model={"recurrent": "lstm"})
     with pytest.raises(ConfigError, match="feed-forward"):
         train(cfg)
+
+
+def test_a_stalled_path_is_searched_where_it_stopped_getting_anywhere() -> None:
+    from mario_cli.deviations import GreedyPath
+
+    xs = [10, 20, 30, 40, 40, 39, 40, 40, 40, 40]
+    path = GreedyPath(0, list(range(10)), xs, [None] * 10, [np.zeros(1)] * 10, max_x=40)
+    stuck = path.stall_point(tail=2)
+    assert stuck.actions == [0, 1, 2, 3, 4, 5] and stuck.xs == xs[:6]
+    assert stuck.max_x == 40 and len(stuck.states) == len(stuck.observations) == 6
+    assert path.stall_point(tail=50).actions == path.actions  # never past the path's end

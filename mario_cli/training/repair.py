@@ -22,6 +22,7 @@ enter ``rollout/*``, ``best.pt`` or eval, and are reported as ``repair/*``.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from mario_cli.eval_protocol import DEFAULT_NOOP_MAX
 
 MAX_PATH_STEPS = 2500  # a 400-second stage at frame skip 4 is ~2,400 steps
 STALL_STEPS = 150  # a path this long without a new max x is stuck, not dying
+STALL_TAIL = 8  # a stuck path is searched up to this many steps after its max x
 
 
 @dataclass
@@ -92,6 +94,7 @@ class PathRepair:
         self.action_names = action_names(cfg.env.movement)
         self.paths: OrderedDict[tuple[str, int], RepairedPath] = OrderedDict()
         self.checks = self.clears = self.fixes = 0
+        self.seconds = 0.0
         self.next_check: int | None = None
         self._envs: dict[str, Any] = {}
         self._rng = np.random.default_rng([cfg.train.seed, 0x9E9A])
@@ -112,6 +115,7 @@ class PathRepair:
 
     def check(self) -> str:
         """Play greedily from one drawn start; keep its path (cleared or repaired)."""
+        began = time.perf_counter()
         spec = self.specs[int(self._rng.integers(len(self.specs)))]
         noop = int(self._rng.integers(0, DEFAULT_NOOP_MAX + 1))
         env = self._env(spec)
@@ -127,20 +131,23 @@ class PathRepair:
                 choose,
                 noop,
                 MAX_PATH_STEPS,
-                keep_states=window + REPLAY_STEPS + 1,
+                keep_states=STALL_STEPS + window + REPLAY_STEPS + 1,
                 stall_steps=STALL_STEPS,
             )
             repair = None
-            if path.died:
+            if not path.cleared:
+                searched = path if path.died else path.stall_point(STALL_TAIL)
                 repair, _ = first_repair(
-                    env, choose, path, window, self.candidates, self.settings.repair_margin
+                    env, choose, searched, window, self.candidates, self.settings.repair_margin
                 )
         finally:
             self.policy.train(was_training)
             torch.set_num_threads(threads)
         self.checks += 1
+        self.seconds += time.perf_counter() - began
         self._last = {
             names.REPAIR_CHECKS: float(self.checks),
+            names.REPAIR_SECONDS: self.seconds,
             names.REPAIR_MAX_X_POS: float(path.max_x),
         }
         start = f"greedy from {spec.label} after {noop} no-op frames"
@@ -155,8 +162,9 @@ class PathRepair:
             self._last[names.REPAIR_FIX_X_POS] = float(fix.x)
             self._keep(key, repair.observations, repair.actions, repair.fix_index)
             reached = "the flag" if fix.cleared else f"x {fix.max_x:,}"
+            ended = "died" if path.died else "stalled"
             message = (
-                f"repair: {start} died at x {path.max_x:,}; {self.action_names[fix.action]} "
+                f"repair: {start} {ended} at x {path.max_x:,}; {self.action_names[fix.action]} "
                 f"at step {fix.step} (x {fix.x:,}) reaches {reached}: imitating that path"
             )
         else:
@@ -171,7 +179,10 @@ class PathRepair:
             return (
                 f"died at x {path.max_x:,}; no one-step change in its last {window} steps gets past"
             )
-        return f"stalled at x {path.max_x:,} (no new x for {STALL_STEPS} steps); nothing to repair"
+        return (
+            f"stalled at x {path.max_x:,} (no new x for {STALL_STEPS} steps); no one-step "
+            f"change in the {window} steps before it gets past"
+        )
 
     def _chooser(self) -> Callable[[np.ndarray], int]:
         def choose(obs: np.ndarray) -> int:
