@@ -378,6 +378,10 @@ class RepairConfig(Section):
     repair_actions: Literal["all", "release"] = Field(
         "all", description="Changes tried: every other action, or only those without A."
     )
+    repair_lengths: list[int] = Field(
+        default_factory=lambda: [1],
+        description="Steps a change holds its action (e.g. 1,2,4), each if the ones before fail.",
+    )
     repair_margin: int = Field(
         64, ge=1, description="Pixels past the death a change must reach to count as a repair."
     )
@@ -391,6 +395,13 @@ class RepairConfig(Section):
     repair_paths: int = Field(
         8, ge=1, description="Repaired paths kept, one per stage and no-op start (newest kept)."
     )
+
+    @field_validator("repair_lengths")
+    @classmethod
+    def _lengths_positive(cls, lengths: list[int]) -> list[int]:
+        if not lengths or any(n < 1 for n in lengths):
+            raise ValueError("give one or more step counts of 1 or more, e.g. 1,2,4")
+        return lengths
 
 
 class TrainConfig(Section):

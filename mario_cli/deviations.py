@@ -230,17 +230,28 @@ def _x_before(path: GreedyPath, step: int) -> int:
 @dataclass
 class Repair:
     """The latest step of a dying path whose change gets past its end, and the path
-    repaired: the path's own steps before it, the change, then ``choose``'s steps until
-    ``margin`` px past the old end (or the flag)."""
+    repaired: the path's own steps before it, the change (one action held for
+    ``deviation.length`` steps), then ``choose``'s steps until ``margin`` px past the
+    old end (or the flag)."""
 
     deviation: Deviation
     observations: list[np.ndarray]
     actions: list[int]
 
     @property
-    def fix_index(self) -> int:
+    def fix_indices(self) -> list[int]:
         """Where the change sits in ``actions``."""
-        return self.deviation.step
+        return list(range(self.deviation.step, self.deviation.step + self.deviation.length))
+
+
+@dataclass
+class RepairSearch:
+    """What :func:`first_repair` found and what it cost."""
+
+    repair: Repair | None
+    trials: int
+    env_steps: int
+    out_of_budget: bool  # stopped at ``max_env_steps`` before the window was searched
 
 
 def first_repair(
@@ -251,42 +262,59 @@ def first_repair(
     actions: Sequence[int],
     margin: int = 64,
     horizon: int = 80,
-) -> tuple[Repair | None, int]:
+    max_env_steps: int | None = None,
+    lengths: Sequence[int] = (1,),
+) -> RepairSearch:
     """Search the last ``window`` steps of ``path`` from its end backwards for a
-    one-step change to one of ``actions`` that gets ``margin`` px past the end.
+    change, one of ``actions`` held for ``length`` steps, that gets ``margin`` px past
+    the end; each length in ``lengths`` is searched only if the ones before found none.
 
     The latest such step wins (the smallest change to what the policy does); at that
-    step, a clear beats the furthest x. Returns the repair (None if no step saves the
-    path) and the trials played, for the caller's cost accounting.
+    step, a clear beats the furthest x. The search stops once its trials have stepped
+    the env ``max_env_steps`` times (a trial whose restore does not reproduce the path
+    replays it from the stage start, which can cost thousands of steps).
     """
     target = path.max_x + margin
-    trials = 0
-    for step in range(len(path.actions) - 1, max(0, len(path.actions) - window) - 1, -1):
-        best: tuple[Trial, int, bool] | None = None
-        for action in actions:
-            if action == path.actions[step]:
-                continue
-            obs, life, exact = _start_at(env, path, step)
-            trial = _play_on(env, obs, choose, [action], horizon, life, target, record=True)
-            trials += 1
-            if not (trial.cleared or trial.max_x >= target):
-                continue
-            if best is None or (trial.cleared, trial.max_x) > (best[0].cleared, best[0].max_x):
-                best = (trial, action, exact)
-        if best is not None:
-            trial, action, exact = best
-            deviation = Deviation(
-                step, _x_before(path, step), action, 1, trial.max_x, trial.cleared, exact
-            )
-            return (
-                Repair(
+    trials = used = 0
+    for length in lengths:
+        for step in range(len(path.actions) - 1, max(0, len(path.actions) - window) - 1, -1):
+            best: tuple[Trial, int, bool] | None = None
+            for action in actions:
+                first = [action] * length
+                if first == path.actions[step : step + length]:
+                    continue  # the path's own steps
+                if max_env_steps is not None and used >= max_env_steps:
+                    return RepairSearch(None, trials, used, True)
+                obs, life, exact = _start_at(env, path, step)
+                trial = _play_on(env, obs, choose, first, horizon, life, target, record=True)
+                trials += 1
+                used += min(step, REPLAY_STEPS) + (0 if exact else step) + len(trial.actions)
+                if len(trial.actions) < length or not (trial.cleared or trial.max_x >= target):
+                    continue
+                if best is None or (trial.cleared, trial.max_x) > (
+                    best[0].cleared,
+                    best[0].max_x,
+                ):
+                    best = (trial, action, exact)
+            if best is not None:
+                trial, action, exact = best
+                deviation = Deviation(
+                    step, _x_before(path, step), action, length, trial.max_x, trial.cleared, exact
+                )
+                repair = Repair(
                     deviation,
                     path.observations[:step] + trial.observations,
                     path.actions[:step] + trial.actions,
-                ),
-                trials,
-            )
-    return None, trials
+                )
+                return RepairSearch(repair, trials, used, False)
+    return RepairSearch(None, trials, used, False)
+
+
+def replay_from_start(env: Any, noop_frames: int, actions: Sequence[int]) -> Trial:
+    """Play ``actions`` from the stage start after ``noop_frames``, recording each
+    observation: the exact game (a restored state lacks the jump-press memory)."""
+    obs, info = env.reset(options={"noop_frames": noop_frames})
+    return _play_on(env, obs, lambda _: 0, list(actions), 0, int(info["life"]), record=True)
 
 
 def explain_greedy_death(

@@ -28,8 +28,9 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def env_cfg() -> EnvConfig:
-    """The default env config on 1-1, with stall cuts far away unless a test sets them."""
-    return EnvConfig(reward={"no_progress_cut_steps": 0})
+    """The default env config on 1-1, every reset at the stage start (restarts off), with
+    stall cuts far away unless a test sets them."""
+    return EnvConfig(reward={"no_progress_cut_steps": 0}, restarts={"share": 0.0})
 
 
 def run_mario(*args: str, env: dict[str, str] | None = None, timeout: int = 300):

@@ -17,7 +17,7 @@ def hold_right_a_b(obs) -> int:
 
 
 def test_a_one_step_release_before_the_pit_saves_constant_right_a_b() -> None:
-    env = make_env(EnvConfig(reward={"no_progress_cut_steps": 0}))
+    env = make_env(EnvConfig(reward={"no_progress_cut_steps": 0}, restarts={"share": 0.0}))
     path = greedy_path(env, hold_right_a_b)
     # the hop rhythm of a held right+A+B falls into the first pit
     assert not path.cleared and 1_100 < path.max_x < 1_200

@@ -125,4 +125,4 @@ def test_unknown_env_id_is_a_clear_error() -> None:
 
 def test_unknown_wrapper_lists_choices() -> None:
     with pytest.raises(ConfigError, match="unknown wrapper 'blur'.*frame_skip"):
-        make_env(EnvConfig(wrappers=["frame_skip", "blur"]))
+        make_env(EnvConfig(wrappers=["frame_skip", "blur"], restarts={"share": 0.0}))

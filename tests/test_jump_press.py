@@ -26,6 +26,7 @@ def _env(jump_press: bool, frame_skip: int = 1, movement: str = "simple"):
     cfg = EnvConfig(
         reward={"no_progress_cut_steps": 0},
         wrappers=wrappers,
+        restarts={"share": 0.0},
         frame_skip=frame_skip,
         movement=movement,
         jump_press=jump_press,
@@ -220,6 +221,7 @@ def test_held_a_marker_shows_whether_a_is_held_without_jump_press() -> None:
     cfg = EnvConfig(
         reward={"no_progress_cut_steps": 0},
         wrappers=["frame_skip", "grayscale", "resize", "held_a_marker", "frame_stack"],
+        restarts={"share": 0.0},
         jump_press=False,
     )
     env = make_env(cfg)

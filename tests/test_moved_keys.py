@@ -272,7 +272,10 @@ def test_a_bad_value_is_one_line_naming_the_new_key(
 
 
 def test_frontier_restarts_still_need_the_restarts_wrapper(tmp_path: Path) -> None:
-    reason = 'frontier restarts need "restarts" in env.wrappers (last, after frame_stack)'
+    reason = (
+        'frontier restarts need "restarts" in env.wrappers (last, after frame_stack); '
+        "add it, or set --restarts-share 0"
+    )
     for text in (
         '[env]\nwrappers = ["frame_skip"]\n[env.restarts]\nshare = 0.5\n',
         '[env]\nwrappers = ["frame_skip"]\nrestart_share = 0.5\n',
@@ -285,7 +288,8 @@ def test_frontier_restarts_still_need_the_restarts_wrapper(tmp_path: Path) -> No
     with pytest.raises(ConfigError) as info:
         show("--wrappers", "frame_skip", "--restarts-share", "0.5")
     assert str(info.value).startswith("flag --restarts-share: env.restarts.share = '0.5'")
-    cfg = load_config(cli_overrides={"env": {"wrappers": ["frame_skip"]}}, environ={})
+    no_restarts = {"env": {"wrappers": ["frame_skip"], "restarts": {"share": 0.0}}}
+    cfg = load_config(cli_overrides=no_restarts, environ={})
     with pytest.raises(ConfigError, match="env.restarts.share = 0.5 is invalid: frontier"):
         set_by_path(cfg, "env.restart_share", 0.5)  # a tune space key
     assert cfg.env.restarts.share == 0.0

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mario_cli.config import EnvConfig, load_config
-from mario_cli.deviations import first_repair, greedy_path
+from mario_cli.deviations import first_repair, greedy_path, replay_from_start
 from mario_cli.envs import make_env
 from mario_cli.envs.stages import action_names
 from mario_cli.errors import ConfigError
@@ -28,13 +28,15 @@ def hold_right_a_b(obs) -> int:
 
 
 def test_the_repaired_path_is_a_real_path_past_the_death() -> None:
-    env = make_env(EnvConfig(reward={"no_progress_cut_steps": 0}))
+    env = make_env(EnvConfig(reward={"no_progress_cut_steps": 0}, restarts={"share": 0.0}))
     path = greedy_path(env, hold_right_a_b, keep_states=30)
     assert path.died and 1_100 < path.max_x < 1_200
     assert all(state is None for state in path.states[:-30])  # only the last 30 kept
 
-    repair, trials = first_repair(env, hold_right_a_b, path, 24, range(len(NAMES)))
-    assert repair is not None and trials > 0
+    search = first_repair(env, hold_right_a_b, path, 24, range(len(NAMES)))
+    repair = search.repair
+    assert repair is not None and search.trials > 0 and not search.out_of_budget
+    assert search.env_steps > search.trials  # each trial steps the env several times
     fix = repair.deviation
     last = len(path.actions)
     assert last - 24 <= fix.step < last and fix.action != RIGHT_A_B
@@ -57,7 +59,24 @@ def test_the_repaired_path_is_a_real_path_past_the_death() -> None:
 
     # no later step saves it: the latest saving step is the one returned
     later = last - fix.step - 1
-    assert first_repair(env, hold_right_a_b, path, later, range(len(NAMES)))[0] is None
+    assert first_repair(env, hold_right_a_b, path, later, range(len(NAMES))).repair is None
+    # a budget smaller than the search stops it and says so
+    capped = first_repair(env, hold_right_a_b, path, 24, range(len(NAMES)), max_env_steps=50)
+    assert capped.repair is None and capped.out_of_budget and capped.env_steps >= 50
+
+    # a change held for several steps: the fix covers them all
+    noop = NAMES.index("NOOP")
+    held = first_repair(env, hold_right_a_b, path, 24, [noop], lengths=(2,)).repair
+    assert held is not None and held.deviation.length == 2
+    assert [held.actions[i] for i in held.fix_indices] == [noop, noop]
+    assert held.fix_indices == [held.deviation.step, held.deviation.step + 1]
+
+    # the start-to-end replay used to verify a fix plays the same frames
+    replay = replay_from_start(env, 0, repair.actions)
+    assert replay.actions == repair.actions and replay.max_x >= path.max_x + 64
+    assert all(
+        np.array_equal(a, b) for a, b in zip(replay.observations, repair.observations, strict=True)
+    )
     env.close()
 
 
@@ -94,7 +113,7 @@ def test_imitation_teaches_the_kept_paths_with_the_fix_in_every_batch(tmp_path: 
     observations = list(rng.integers(0, 255, (60, 4, 84, 84), dtype=np.uint8))
     actions = [RIGHT_A_B] * 60
     actions[50] = NAMES.index("NOOP")  # the fix: one step in sixty
-    repair._keep(("1-1", 3), observations, actions, fix=50)
+    repair._keep(("1-1", 3), observations, actions, [50])
 
     first = repair.imitate()
     assert first["repair/paths"] == 1 and first["repair/demo_steps"] == 60
@@ -111,17 +130,17 @@ def test_imitation_teaches_the_kept_paths_with_the_fix_in_every_batch(tmp_path: 
 def test_a_new_path_for_a_start_replaces_its_old_one_and_the_oldest_go(tmp_path: Path) -> None:
     repair = _repair_for(tmp_path, repair_paths=2)
     frame = np.zeros((4, 84, 84), dtype=np.uint8)
-    repair._keep(("1-1", 0), [frame] * 3, [1, 1, 1], fix=2)
-    repair._keep(("1-1", 5), [frame] * 4, [1, 1, 1, 1], fix=None)
-    repair._keep(("1-1", 0), [frame] * 5, [1] * 5, fix=4)
+    repair._keep(("1-1", 0), [frame] * 3, [1, 1, 1], [2])
+    repair._keep(("1-1", 5), [frame] * 4, [1, 1, 1, 1], [])
+    repair._keep(("1-1", 0), [frame] * 5, [1] * 5, [3, 4])
     assert (
         list(repair.paths) == [("1-1", 5), ("1-1", 0)]
         and len(repair.paths[("1-1", 0)].actions) == 5
     )
-    repair._keep(("1-1", 9), [frame] * 2, [1, 1], fix=None)
+    repair._keep(("1-1", 9), [frame] * 2, [1, 1], [])
     assert list(repair.paths) == [("1-1", 0), ("1-1", 9)]
     obs, actions, fixes = repair._demos()
-    assert len(obs) == len(actions) == 7 and fixes.tolist() == [4]
+    assert len(obs) == len(actions) == 7 and fixes.tolist() == [3, 4]
 
 
 def test_checks_come_at_multiples_of_repair_every(tmp_path: Path, monkeypatch) -> None:
@@ -136,7 +155,7 @@ def test_checks_come_at_multiples_of_repair_every(tmp_path: Path, monkeypatch) -
     monkeypatch.setattr(resumed, "check", lambda: checked.append(-step) or "checked")
     for step in (5120, 5632, 6144):  # a resumed run: the next multiple, not at once
         resumed.after_update(step)
-    assert checked[-1:] == [-6144]
+    assert checked == [1024, 2048, 3072, -6144]
 
 
 def test_training_with_repair_checks_greedy_play_and_reports_it(tmp_path: Path) -> None:

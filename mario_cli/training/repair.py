@@ -34,7 +34,14 @@ import torch.nn.functional as F
 
 from mario_cli import metric_names as names
 from mario_cli.config import MarioConfig
-from mario_cli.deviations import REPLAY_STEPS, GreedyPath, first_repair, greedy_path
+from mario_cli.deviations import (
+    REPLAY_STEPS,
+    GreedyPath,
+    RepairSearch,
+    first_repair,
+    greedy_path,
+    replay_from_start,
+)
 from mario_cli.envs.stages import StageSpec, action_names, jump_factors
 from mario_cli.errors import ConfigError
 from mario_cli.eval_protocol import DEFAULT_NOOP_MAX
@@ -42,6 +49,7 @@ from mario_cli.eval_protocol import DEFAULT_NOOP_MAX
 MAX_PATH_STEPS = 2500  # a 400-second stage at frame skip 4 is ~2,400 steps
 STALL_STEPS = 150  # a path this long without a new max x is stuck, not dying
 STALL_TAIL = 8  # a stuck path is searched up to this many steps after its max x
+SEARCH_STEPS = 12_000  # env steps one search may take (a few seconds; typical: ~3,000)
 
 
 @dataclass
@@ -50,7 +58,7 @@ class RepairedPath:
 
     observations: np.ndarray  # (T, *obs_shape) uint8
     actions: np.ndarray  # (T,) int64
-    fix: int | None  # the index of the changed step; None for a path that cleared
+    fixes: list[int]  # the indices of the changed steps; none for a path that cleared
 
 
 def candidate_actions(movement: str, which: str) -> list[int]:
@@ -97,7 +105,7 @@ class PathRepair:
         self.seconds = 0.0
         self.next_check: int | None = None
         self._envs: dict[str, Any] = {}
-        self._rng = np.random.default_rng([cfg.train.seed, 0x9E9A])
+        self._rng = np.random.default_rng([cfg.train.seed, 0x9E9A])  # reseeded at the first update
         self._batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._last: dict[str, float] = {}
 
@@ -107,6 +115,8 @@ class PathRepair:
         every = self.settings.repair_every
         if self.next_check is None:  # the first check: at the first multiple of every
             self.next_check = -(-global_step // every) * every
+            # a resumed run draws other starts than the run's own first checks did
+            self._rng = np.random.default_rng([self.cfg.train.seed, 0x9E9A, global_step])
         notices = []
         if global_step >= self.next_check:
             self.next_check = (global_step // every + 1) * every
@@ -134,12 +144,21 @@ class PathRepair:
                 keep_states=STALL_STEPS + window + REPLAY_STEPS + 1,
                 stall_steps=STALL_STEPS,
             )
-            repair = None
+            search, verified = None, None
             if not path.cleared:
                 searched = path if path.died else path.stall_point(STALL_TAIL)
-                repair, _ = first_repair(
-                    env, choose, searched, window, self.candidates, self.settings.repair_margin
+                search = first_repair(
+                    env,
+                    choose,
+                    searched,
+                    window,
+                    self.candidates,
+                    self.settings.repair_margin,
+                    max_env_steps=SEARCH_STEPS,
+                    lengths=self.settings.repair_lengths,
                 )
+                if search.repair is not None:
+                    verified = self._verify(env, noop, search, path.max_x)
         finally:
             self.policy.train(was_training)
             torch.set_num_threads(threads)
@@ -154,35 +173,51 @@ class PathRepair:
         key = (spec.label, noop)
         if path.cleared:
             self.clears += 1
-            self._keep(key, path.observations, path.actions, None)
+            self._keep(key, path.observations, path.actions, [])
             message = f"repair: {start} cleared ({len(path.actions)} steps); imitating it"
-        elif repair is not None:
+        elif search is not None and search.repair is not None and verified is not None:
             self.fixes += 1
+            repair = search.repair
             fix = repair.deviation
             self._last[names.REPAIR_FIX_X_POS] = float(fix.x)
-            self._keep(key, repair.observations, repair.actions, repair.fix_index)
+            self._keep(key, verified, repair.actions, repair.fix_indices)
             reached = "the flag" if fix.cleared else f"x {fix.max_x:,}"
-            ended = "died" if path.died else "stalled"
+            ended = "died" if path.died else "got stuck"
+            held = f" held {fix.length} steps" if fix.length > 1 else ""
             message = (
-                f"repair: {start} {ended} at x {path.max_x:,}; {self.action_names[fix.action]} "
-                f"at step {fix.step} (x {fix.x:,}) reaches {reached}: imitating that path"
+                f"repair: {start} {ended} at x {path.max_x:,}; {self.action_names[fix.action]}"
+                f"{held} at step {fix.step} (x {fix.x:,}) reaches {reached}: imitating that path"
             )
         else:
-            message = f"repair: {start} {self._no_repair(path, window)}"
+            message = f"repair: {start} {self._no_repair(path, window, search)}"
         self._last[names.REPAIR_CLEARS] = float(self.clears)
         self._last[names.REPAIR_FIXES] = float(self.fixes)
         return message
 
-    @staticmethod
-    def _no_repair(path: GreedyPath, window: int) -> str:
-        if path.died:
-            return (
-                f"died at x {path.max_x:,}; no one-step change in its last {window} steps gets past"
-            )
-        return (
-            f"stalled at x {path.max_x:,} (no new x for {STALL_STEPS} steps); no one-step "
-            f"change in the {window} steps before it gets past"
+    def _verify(
+        self, env: Any, noop: int, search: RepairSearch, died_at: int
+    ) -> list[np.ndarray] | None:
+        """The repaired path's observations played from the stage start, or None if it
+        does not get past there (a restore does not hold the jump-press memory)."""
+        repair = search.repair
+        replay = replay_from_start(env, noop, repair.actions)
+        target = died_at + self.settings.repair_margin
+        holds = len(replay.actions) == len(repair.actions) and (
+            replay.cleared or replay.max_x >= target
         )
+        return replay.observations if holds else None
+
+    def _no_repair(self, path: GreedyPath, window: int, search: RepairSearch | None) -> str:
+        ended = "died" if path.died else "stopped without dying (stuck)"
+        where = f"{ended} at x {path.max_x:,}"
+        if search is None:
+            return where
+        if search.repair is not None:
+            return f"{where}; the change found did not get past when replayed from the start"
+        if search.out_of_budget:
+            return f"{where}; no change found within {SEARCH_STEPS:,} env steps of search"
+        held = "/".join(str(n) for n in self.settings.repair_lengths)
+        return f"{where}; no change held {held} steps in the {window} steps before it gets past"
 
     def _chooser(self) -> Callable[[np.ndarray], int]:
         def choose(obs: np.ndarray) -> int:
@@ -206,11 +241,11 @@ class PathRepair:
         key: tuple[str, int],
         observations: list[np.ndarray],
         actions: list[int],
-        fix: int | None,
+        fixes: list[int],
     ) -> None:
         self.paths.pop(key, None)
         self.paths[key] = RepairedPath(
-            np.stack(observations), np.asarray(actions, dtype=np.int64), fix
+            np.stack(observations), np.asarray(actions, dtype=np.int64), list(fixes)
         )
         while len(self.paths) > self.settings.repair_paths:
             self.paths.popitem(last=False)
@@ -225,8 +260,7 @@ class PathRepair:
             actions = torch.from_numpy(np.concatenate([p.actions for p in paths]))
             fixes, offset = [], 0
             for path in paths:
-                if path.fix is not None:
-                    fixes.append(offset + path.fix)
+                fixes.extend(offset + index for index in path.fixes)
                 offset += len(path.actions)
             self._batch = (
                 obs.to(self.device),
@@ -246,9 +280,29 @@ class PathRepair:
         if not self.paths or steps == 0 or self.settings.repair_coef == 0:
             return {}
         obs, actions, fixes = self._demos()
-        n, n_fixes = len(actions), len(fixes)
-        losses, accuracy, fix_accuracy = [], 0.0, None
         self.optimiser.flush()  # the update's leftover gradients are not imitation's
+        was_training = self.policy.training
+        self.policy.eval()  # the logits greedy play uses (noisy heads off); grads still flow
+        try:
+            losses, accuracy, fix_accuracy = self._imitation_steps(obs, actions, fixes, steps)
+        finally:
+            self.policy.train(was_training)
+        metrics = {
+            names.REPAIR_PATHS: float(len(self.paths)),
+            names.REPAIR_DEMO_STEPS: float(len(actions)),
+            names.REPAIR_ACCURACY: accuracy,
+            names.REPAIR_IMITATION_LOSS: float(np.mean(losses)),
+        }
+        if fix_accuracy is not None:
+            metrics[names.REPAIR_FIX_ACCURACY] = fix_accuracy
+        return metrics
+
+    def _imitation_steps(
+        self, obs: torch.Tensor, actions: torch.Tensor, fixes: torch.Tensor, steps: int
+    ) -> tuple[list[float], float, float | None]:
+        n, n_fixes = len(actions), len(fixes)
+        losses: list[float] = []
+        accuracy, fix_accuracy = 0.0, None
         for k in range(steps):
             drawn = torch.from_numpy(self._rng.integers(0, n, self.settings.repair_batch))
             index = torch.cat([fixes, drawn.to(self.device)])
@@ -266,15 +320,7 @@ class PathRepair:
             self.optimiser.accumulate(self.settings.repair_coef * loss)
             self.optimiser.step()
             losses.append(float(loss.detach()))
-        metrics = {
-            names.REPAIR_PATHS: float(len(self.paths)),
-            names.REPAIR_DEMO_STEPS: float(n),
-            names.REPAIR_ACCURACY: accuracy,
-            names.REPAIR_IMITATION_LOSS: float(np.mean(losses)),
-        }
-        if fix_accuracy is not None:
-            metrics[names.REPAIR_FIX_ACCURACY] = fix_accuracy
-        return metrics
+        return losses, accuracy, fix_accuracy
 
     def close(self) -> None:
         for env in self._envs.values():

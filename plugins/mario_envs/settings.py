@@ -117,5 +117,6 @@ class RestartsSettings(ComponentSettings):
         if self.share > 0 and "restarts" not in section.wrappers:
             raise SettingsConflict(
                 "share",
-                'frontier restarts need "restarts" in env.wrappers (last, after frame_stack)',
+                'frontier restarts need "restarts" in env.wrappers (last, after frame_stack); '
+                "add it, or set --restarts-share 0",
             )
