@@ -216,8 +216,13 @@ class PathRepair:
             return f"{where}; the change found did not get past when replayed from the start"
         if search.out_of_budget:
             return f"{where}; no change found within {SEARCH_STEPS:,} env steps of search"
-        held = "/".join(str(n) for n in self.settings.repair_lengths)
-        return f"{where}; no change held {held} steps in the {window} steps before it gets past"
+        lengths = self.settings.repair_lengths
+        change = (
+            "one-step change"
+            if list(lengths) == [1]
+            else "change held " + "/".join(str(n) for n in lengths) + " steps"
+        )
+        return f"{where}; no {change} in the {window} steps before it gets past"
 
     def _chooser(self) -> Callable[[np.ndarray], int]:
         def choose(obs: np.ndarray) -> int:
