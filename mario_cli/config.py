@@ -284,6 +284,24 @@ class EnvConfig(Section):
         "process", description="process: worker processes; sync: all envs in-process (debug)."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_restarts_without_their_wrapper(cls, data: Any) -> Any:
+        """A wrapper list without "restarts" (a custom list, a run saved before restarts
+        were on by default) turns the default share off instead of failing the check."""
+        if not isinstance(data, dict) or "wrappers" not in data:
+            return data
+        wrappers = data["wrappers"]
+        table = data.get("restarts")
+        share_given = (
+            "restart_share" in data
+            or (isinstance(table, dict) and "share" in table)
+            or isinstance(table, BaseModel)
+        )
+        if share_given or not isinstance(wrappers, list) or "restarts" in wrappers:
+            return data
+        return {**data, "restarts": {**(table or {}), "share": 0.0}}
+
     @field_validator("stages")
     @classmethod
     def _stage_format(cls, stages: list[str]) -> list[str]:
@@ -326,14 +344,14 @@ class AlgoConfig(Section):
     )
     warmup_fraction: float = Field(0.01, ge=0, le=1, description="Linear warmup share of training.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    ent_coef: float = Field(0.01, ge=0, description="Entropy bonus coefficient.")
+    ent_coef: float = Field(0.04, ge=0, description="Entropy bonus coefficient.")
     ent_coef_final: float | None = Field(
-        None,
+        0.01,
         ge=0,
         description="Entropy coefficient reached after ent_decay_steps (None: constant ent_coef).",
     )
     ent_decay_steps: int = Field(
-        300_000, ge=1, description="Agent steps over which ent_coef falls to ent_coef_final."
+        400_000, ge=1, description="Agent steps over which ent_coef falls to ent_coef_final."
     )
     vf_coef: float = Field(0.5, ge=0, description="Value loss coefficient.")
     gamma: float = Field(0.9, gt=0, le=1, description="Discount factor.")
@@ -370,7 +388,7 @@ class RepairConfig(Section):
     past, and imitates the repaired path after each update."""
 
     repair_every: int = Field(
-        0, ge=0, description="Agent steps between greedy checks from the stage start (0: off)."
+        8192, ge=0, description="Agent steps between greedy checks from the stage start (0: off)."
     )
     repair_window: int = Field(
         24, ge=1, description="Steps before a greedy death searched for a change that saves it."

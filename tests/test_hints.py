@@ -108,7 +108,7 @@ def test_updates_stalled_fires_after_stall_iterations(cfg: MarioConfig) -> None:
     assert hint.severity == "bad"
     assert hint.step == history.step
     assert hint.command.startswith(f"mario resume --init-model-path {CKPT} ")
-    assert "--ent-coef 0.02" in hint.command
+    assert "--ent-coef 0.08" in hint.command
     assert "--learning-rate 0.0005" in hint.command
     assert "--normalize-advantage" in hint.command
     parses_as_mario_resume(hint.command)
@@ -131,7 +131,7 @@ def test_entropy_collapsed_fires_and_suggests_more_entropy_bonus(cfg: MarioConfi
     [hint] = entropy_collapsed(history, cfg)
     assert hint.rule == "entropy-collapsed"
     assert "0.03 nats" in hint.message
-    assert hint.command == f"mario resume --init-model-path {CKPT} --ent-coef 0.02"
+    assert hint.command == f"mario resume --init-model-path {CKPT} --ent-coef 0.08"
     parses_as_mario_resume(hint.command)
 
 
@@ -220,7 +220,7 @@ def test_plateau_with_the_reward_advice_taken_names_the_next_lever(cfg: MarioCon
     assert hint.command == f"mario resume --init-model-path {CKPT} --restarts-share 0.5"
     cfg.env.restarts.share = 0.5
     [hint] = progress_plateau(episodes_at(xs), cfg)
-    assert hint.command == f"mario resume --init-model-path {CKPT} --ent-coef 0.02"
+    assert hint.command == f"mario resume --init-model-path {CKPT} --ent-coef 0.08"
     parses_as_mario_resume(hint.command)
 
 
@@ -300,7 +300,7 @@ def test_progress_stalled_names_where_episodes_end_and_more_exploration() -> Non
         "x ≈ 594 (40%, the tall pipe), x ≈ 314 (20%, the first goomba), "
         "x ≈ 722 (12%, the third pipe): more exploration may get the agent past them"
     )
-    assert hint.command == f"mario resume --init-model-path {CKPT} --ent-coef 0.02"
+    assert hint.command == f"mario resume --init-model-path {CKPT} --ent-coef 0.08"
     parses_as_mario_resume(hint.command)
 
 
@@ -368,7 +368,7 @@ def test_where_episodes_end_is_spread_or_per_stage() -> None:
     [hint] = progress_stalled(history, cfg)
     assert hint.message.endswith("clear rate 0%: more exploration may find a way further")
     assert "10,000 agent steps (best 700 before, 700 since)" in hint.message
-    assert hint.command == "mario resume --init-model-path <checkpoint> --ent-coef 0.02"
+    assert hint.command == "mario resume --init-model-path <checkpoint> --ent-coef 0.08"
     for stage in ["1-1", "1-2"] * 5:
         history.episodes.append(Episode(0.0, 1, 594, False, stage))
     [hint] = progress_stalled(history, cfg)

@@ -306,7 +306,7 @@ def test_config_show_init_and_plugins_list_the_new_tables(tmp_path: Path) -> Non
     assert 'mode = "auto"' in result.stdout and "no_progress_cut_steps = 300" in result.stdout
     text = config.commented_defaults()
     parsed = tomllib.loads(text)
-    assert parsed["env"]["restarts"]["share"] == 0.0 and "restart_share" not in parsed["env"]
+    assert parsed["env"]["restarts"]["share"] == 0.5 and "restart_share" not in parsed["env"]
     assert parsed["hints"]["updates_stalled"]["iterations"] == 5 and parsed["ui"] == {
         "mode": "auto"
     }
@@ -334,11 +334,19 @@ def test_the_defaults_did_not_change() -> None:
     assert (reward.no_progress_cut_steps, reward.no_progress_cut_penalty) == (300, 0.0)
     assert (reward.score_scale, reward.score_divisor) == (0.1, 40.0)
     restarts = cfg.env.restarts
-    assert (restarts.share, restarts.bucket_px, restarts.runup_buckets) == (0.0, 32, 3)
+    assert (restarts.share, restarts.bucket_px, restarts.runup_buckets) == (0.5, 32, 3)
     assert (restarts.runup_max_buckets, restarts.states_per_bucket, restarts.max_states) == (
-        0,
+        12,
         2,
         64,
+    )
+    assert (restarts.greedy_share, restarts.greedy_restarts) == (0.2, 0.7)
+    algo = cfg.algo
+    assert (algo.ent_coef, algo.ent_coef_final, algo.ent_decay_steps) == (0.04, 0.01, 400_000)
+    assert (cfg.repair.repair_every, cfg.repair.repair_window, cfg.env.jump_press) == (
+        8192,
+        24,
+        True,
     )
     hints = cfg.hints
     assert (hints.kl_warn, hints.kl_bad, hints.entropy_bad, hints.cooldown) == (0.05, 0.15, 0.1, 50)

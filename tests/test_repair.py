@@ -171,10 +171,17 @@ def test_training_with_repair_checks_greedy_play_and_reports_it(tmp_path: Path) 
     assert trainer.repair is not None and not trainer.repair._envs  # closed with the run
 
 
-def test_repair_refuses_a_recurrent_policy(tmp_path: Path) -> None:
+def test_a_recurrent_run_trains_without_repair_and_says_so(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, repair={"repair_every": 32}, model={"recurrent": "lstm"})
+    trainer, events = train(cfg)
+    assert events[-1].status == "finished" and trainer.repair is None
+    notes = [e.message for e in events if isinstance(e, Notice)]
+    assert any(note.startswith("greedy-path repair is off for this run") for note in notes)
+    stats = [e for e in events if isinstance(e, IterationStats)]
+    assert stats and not any("repair/checks" in s.metrics for s in stats)
+    policy, _ = build_policy(cfg, (4, 84, 84), len(NAMES), torch.device("cpu"))
     with pytest.raises(ConfigError, match="feed-forward"):
-        train(cfg)
+        PathRepair(cfg, policy, None, torch.device("cpu"))
 
 
 def test_a_stalled_path_is_searched_where_it_stopped_getting_anywhere() -> None:

@@ -98,7 +98,9 @@ def test_archive_picks_the_highest_bucket_at_or_before_the_target() -> None:
 
 
 def test_restart_share_needs_the_wrapper_and_is_bounded() -> None:
-    assert EnvConfig().restarts.share == 0.0 and "restarts" in EnvConfig().wrappers
+    assert EnvConfig().restarts.share == 0.5 and "restarts" in EnvConfig().wrappers
+    # a wrapper list without "restarts" turns the default share off instead of failing
+    assert EnvConfig(wrappers=["frame_skip", "grayscale"]).restarts.share == 0.0
     with pytest.raises(ConfigError, match="restarts"):
         load_config(
             cli_overrides={"env": {"wrappers": ["frame_skip"], "restarts": {"share": 0.5}}},
@@ -257,7 +259,7 @@ def test_greedy_probes_keep_their_path_and_restarts_start_on_it_before_the_death
 
 
 def test_greedy_probes_need_restarts_on() -> None:
-    env = make_env(EnvConfig(restarts={"greedy_share": 0.5}))  # share 0: no restarts
+    env = make_env(EnvConfig(restarts={"share": 0.0, "greedy_share": 0.5}))
     for _ in range(6):
         _, info = env.reset()
         assert "greedy" not in info
@@ -272,7 +274,7 @@ def test_restart_share_anneals_as_stage_start_episodes_clear() -> None:
     assert wrapper.restart_probability("1-1") == pytest.approx(0.25)
     wrapper._clears["1-1"] = deque([True] * ANNEAL_EPISODES)
     assert wrapper.restart_probability("1-1") == 0.0
-    off_env = make_env(EnvConfig())
+    off_env = make_env(EnvConfig(restarts={"share": 0.0}))
     assert not restarts_of(off_env).enabled
     env.close()
     off_env.close()

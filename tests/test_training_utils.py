@@ -216,5 +216,6 @@ def test_the_entropy_coefficient_decays_linearly_over_its_steps_then_holds() -> 
     assert at(0) == pytest.approx(0.04)
     assert at(50_000) == pytest.approx(0.025)
     assert at(100_000) == pytest.approx(0.01) and at(600_000) == pytest.approx(0.01)
-    constant = Algorithm(None, MarioConfig.model_validate({"algo": {"ent_coef": 0.02}}), None)
+    constant_cfg = {"algo": {"ent_coef": 0.02, "ent_coef_final": None}}
+    constant = Algorithm(None, MarioConfig.model_validate(constant_cfg), None)
     assert constant.entropy_coef(SimpleNamespace(progress=0.9)) == 0.02

@@ -94,7 +94,7 @@ def test_autoreset_keeps_final_observation_and_episode_stats() -> None:
 
 
 def test_several_envs_per_worker() -> None:
-    cfg = EnvConfig(n_envs=5, reward={"no_progress_cut_steps": 0})
+    cfg = EnvConfig(n_envs=5, reward={"no_progress_cut_steps": 0}, restarts={"share": 0.0})
     with VectorEnv(cfg, seed=1, mode="process", n_workers=2) as venv:
         obs, infos = venv.reset()
         assert obs.shape == (5, 4, 84, 84)

@@ -252,7 +252,12 @@ class Trainer:
             self.policy.parameters(), cfg.algo, total_updates, self.device, amp_dtype, use_scaler
         )
         self.algorithm = build_algorithm(cfg, self.policy, self.optimiser, self.obs_shape)
-        if cfg.repair.repair_every > 0:
+        if cfg.repair.repair_every > 0 and self.policy.recurrent:
+            self._note(
+                f"greedy-path repair is off for this run: the {cfg.model.recurrent} core's "
+                "paths cannot be replayed step by step (--repair-every 0 silences this)"
+            )
+        elif cfg.repair.repair_every > 0:
             self.repair = PathRepair(cfg, self.policy, self.optimiser, self.device)
         if cfg.train.actors == "ray":
             from mario_cli.training.ray_actors import RaySession

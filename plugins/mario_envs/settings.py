@@ -75,7 +75,7 @@ class RestartsSettings(ComponentSettings):
     }
 
     share: float = Field(
-        0.0,
+        0.5,
         ge=0,
         le=0.9,
         description="Share of training resets from a saved state near the frontier (0: off).",
@@ -87,7 +87,7 @@ class RestartsSettings(ComponentSettings):
         3, ge=0, le=64, description="Start this many buckets before the death x."
     )
     runup_max_buckets: int = Field(
-        0,
+        12,
         ge=0,
         le=64,
         description="If above runup_buckets, the run-up is drawn uniformly between the two "
@@ -101,13 +101,13 @@ class RestartsSettings(ComponentSettings):
     )
 
     greedy_share: float = Field(
-        0.0,
+        0.2,
         ge=0,
         le=0.5,
         description="Share of stage-start training resets played by argmax (greedy probes).",
     )
     greedy_restarts: float = Field(
-        0.5,
+        0.7,
         ge=0,
         le=1,
         description="Share of restarts from the last greedy probe's path, before its death.",
