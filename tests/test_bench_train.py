@@ -57,6 +57,9 @@ def test_same_settings_config_is_sb3_classic_ppo_on_the_same_envs() -> None:
     assert same.env.n_envs == 6 and same.env.reward_mode == "raw"
     assert same.env.jump_press is False and same.env.reward.no_progress_cut_steps == 0
     assert same.model.backbone == "nature" and same.train.amp is False
+    # none of mario's training aids: restarts, greedy probes, entropy decay, repair
+    assert same.env.restarts.share == 0.0 and same.algo.ent_coef_final is None
+    assert same.repair.repair_every == 0
     assert cfg.algo.n_epochs == 3  # the caller's config is left as it was
 
 

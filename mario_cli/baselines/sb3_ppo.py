@@ -48,9 +48,14 @@ class _EpisodeInfoForSB3(gym.Wrapper):
 
 
 def classic_env_config(env_id: str) -> EnvConfig:
-    # The env as the classic recipes had it: the env's own reward, no cut, A held as is.
+    # The env as the classic recipes had it: the env's own reward, no cut, A held as is,
+    # every episode from the stage start.
     return EnvConfig(
-        env_id=env_id, reward_mode="raw", reward={"no_progress_cut_steps": 0}, jump_press=False
+        env_id=env_id,
+        reward_mode="raw",
+        reward={"no_progress_cut_steps": 0},
+        jump_press=False,
+        restarts={"share": 0.0},
     )
 
 
@@ -71,6 +76,8 @@ def same_settings_config(cfg: MarioConfig) -> MarioConfig:
     for key, value in {**CLASSIC, **SB3_PPO_DEFAULTS}.items():
         setattr(same.algo, key, value)
     same.algo.algo = "ppo"
+    same.algo.ent_coef_final = None  # SB3's entropy coefficient is constant
+    same.repair.repair_every = 0
     same.algo.lr_schedule = "constant"
     same.algo.warmup_fraction = 0.0
     same.algo.clip_range_vf = None
