@@ -442,6 +442,16 @@ class TrainConfig(Section):
     )
     save_freq: int = Field(50_000, ge=1, description="Checkpoint every this many agent steps.")
     keep_checkpoints: int = Field(3, ge=1, description="Rotated checkpoints kept besides best.")
+    best_by: Literal["greedy", "rollout"] = Field(
+        "greedy",
+        description="best.pt: greedy play from every eval start, or the training episodes.",
+    )
+    best_check_every: int = Field(
+        32_768, ge=1, description="Agent steps between greedy checks for best.pt (best_by greedy)."
+    )
+    best_noop_max: int = Field(
+        30, ge=0, description="The checks play 0..N no-op starts (mario eval's --noop-max)."
+    )
     run_name: str | None = Field(None, description="Run folder name (default: algo-stage-time).")
     artifacts_dir: Path = Field(Path("artifacts"), description="Where runs, videos, studies go.")
     init_model_path: Path | None = Field(None, description="Start from this checkpoint's weights.")

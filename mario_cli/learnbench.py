@@ -32,6 +32,8 @@ BUDGET_STOP = "bench learn budget reached"
 # Milestones: the first eval point whose clear rate reaches each threshold.
 MILESTONES = (("first_clear", 0.0, False), ("clear_50", 0.5, True), ("clear_80", 0.8, True))
 DEFAULT_EVAL_POINTS = 6
+# The column of what `mario eval` reports: greedy play of the run's best.pt at that moment.
+BEST = "best"
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,8 @@ def train_seed(
             path = trainer.run.evalpoints / f"step_{steps:012d}.pt"
             trainer.save_weights(path)
             schedule.taken += 1
-            points.append({"steps": steps, "minutes": round(minutes, 3), "checkpoint": str(path)})
+            point = {"steps": steps, "minutes": round(minutes, 3), "checkpoint": str(path)}
+            points.append(point | keep_best(trainer, steps, path))
         if spent:
             control.request_stop(BUDGET_STOP)
         if on_iteration is not None:
@@ -194,6 +197,19 @@ def train_seed(
     )
 
 
+def keep_best(trainer: Any, steps: int, weights: Path) -> dict[str, Any]:
+    """What ``mario eval`` of this run would play now: a copy of best.pt (else the
+    current weights), and the agent step its weights are from."""
+    from mario_cli.training.checkpoint import load_checkpoint, save_checkpoint
+
+    best = trainer.checkpoints.best_path
+    if not best.is_file():
+        return {"best_checkpoint": str(weights), "best_step": steps}
+    state = load_checkpoint(best)
+    copy = save_checkpoint(trainer.run.evalpoints / f"best_at_{steps:012d}.pt", state)
+    return {"best_checkpoint": str(copy), "best_step": int(state.get("global_step", steps))}
+
+
 # ---------------------------------------------------------------- evaluation
 def evaluate_points(
     training: SeedTraining,
@@ -201,40 +217,51 @@ def evaluate_points(
     env_overrides: dict[str, Any] | None = None,
     on_episode: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Each snapshot's clear rate and mean max x, per policy, from the stage start."""
+    """Each snapshot's clear rate and mean max x, per policy, from the stage start; and,
+    as the ``best`` column, greedy play of the best.pt of that moment (``mario eval``)."""
     from mario_cli.evaluation import episode_jobs, run_episodes, summarise
 
     overrides = dict(env_overrides or {})
+    groups: list[tuple[int, str, int]] = []  # (point, column, jobs)
     jobs = []
-    for point in training.points:
-        jobs += episode_jobs(
-            Path(point["checkpoint"]),
-            settings.eval_episodes,
-            settings.policies,
-            settings.eval_max_steps,
-            0,
-            settings.noop_max,
-            overrides,
-        )
+    for i, point in enumerate(training.points):
+        played = [(policy, point["checkpoint"]) for policy in settings.policies]
+        if "best_checkpoint" in point:
+            played.append((BEST, point["best_checkpoint"]))
+        for column, checkpoint in played:
+            policy = "greedy" if column == BEST else column
+            jobs += episode_jobs(
+                Path(checkpoint),
+                settings.eval_episodes,
+                [policy],
+                settings.eval_max_steps,
+                0,
+                settings.noop_max,
+                overrides,
+            )
+            groups.append((i, column, settings.eval_episodes))
     total = len(jobs)
     workers = min(settings.workers, total)
     episodes = run_episodes(
         jobs, workers, (lambda done: on_episode(done, total)) if on_episode else None
     )
-    evaluated = []
-    per_point = len(settings.policies) * settings.eval_episodes
-    for i, point in enumerate(training.points):
-        chosen = episodes[i * per_point : (i + 1) * per_point]
-        entry = {"steps": point["steps"], "minutes": point["minutes"]}
-        for policy in settings.policies:
-            summary = summarise([e for e in chosen if e["policy"] == policy])
-            entry[policy] = {
-                "clear_rate": summary["clear_rate"],
-                "avg_max_x_pos": round(summary["avg_max_x_pos"], 1),
-                "avg_reward": round(summary["avg_reward"], 3),
-            }
+    evaluated = [
+        {"steps": point["steps"], "minutes": point["minutes"]} for point in training.points
+    ]
+    offset = 0
+    for i, column, count in groups:
+        summary = summarise(episodes[offset : offset + count])
+        offset += count
+        evaluated[i][column] = {
+            "clear_rate": summary["clear_rate"],
+            "avg_max_x_pos": round(summary["avg_max_x_pos"], 1),
+            "avg_reward": round(summary["avg_reward"], 3),
+        }
+    for entry, point in zip(evaluated, training.points, strict=True):
         entry["checkpoint"] = point["checkpoint"]
-        evaluated.append(entry)
+        if "best_checkpoint" in point:
+            entry[BEST]["step"] = point["best_step"]
+            entry[BEST]["checkpoint"] = point["best_checkpoint"]
     return evaluated
 
 
@@ -325,6 +352,7 @@ def add_seed(
     policies: list[str],
 ) -> None:
     seconds = training.minutes * 60
+    columns = point_columns(points, policies)
     result["seeds"].append(
         {
             "seed": training.seed,
@@ -335,10 +363,10 @@ def add_seed(
             "minutes": training.minutes,
             "steps_per_second": round(training.steps / seconds, 1) if seconds > 0 else None,
             "points": points,
-            "milestones": milestones(points, policies),
+            "milestones": milestones(points, columns),
         }
     )
-    result["median"] = median_over_seeds(result["seeds"], policies)
+    result["median"] = median_over_seeds(result["seeds"], result_columns(result))
     result["machine"]["loadavg_end"] = list(os.getloadavg())
 
 
@@ -371,8 +399,19 @@ def load_result(reference: str, artifacts: Path) -> dict[str, Any]:
     )
 
 
-def result_policies(result: dict[str, Any]) -> list[str]:
-    return check_policy(result["eval"]["policy"])
+def point_columns(points: list[dict[str, Any]], policies: Iterable[str]) -> list[str]:
+    """The policies evaluated at every point, and ``best`` where every point has it."""
+    columns = list(policies)
+    return [*columns, BEST] if points and all(BEST in p for p in points) else columns
+
+
+def result_columns(result: dict[str, Any]) -> list[str]:
+    """The columns every seed of a result has (results before ``best`` have none)."""
+    policies = check_policy(result["eval"]["policy"])
+    seeds = result["seeds"]
+    if seeds and all(BEST in point_columns(s["points"], policies) for s in seeds):
+        return [*policies, BEST]
+    return policies
 
 
 # --------------------------------------------------------------------- plots
@@ -390,13 +429,20 @@ def _curve_panels() -> tuple[Any, Any, list[str]]:
     return fig, axes, plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
+LINE_STYLES = {"greedy": "-", "stochastic": "--", BEST: ":"}
+
+
 def _plot_curve(axes: Any, points: list[dict[str, Any]], policy: str, **style: Any) -> None:
     minutes = [p["minutes"] for p in points]
     rates = [p[policy]["clear_rate"] for p in points]
-    style = {"linestyle": "-" if policy == "greedy" else "--", "marker": "o", **style}
+    style = {"linestyle": LINE_STYLES[policy], "marker": "o", **style}
     axes[0].plot(minutes, rates, **style)
     axes[1].plot([p["steps"] for p in points], rates, **style)
     axes[2].plot(minutes, [p[policy]["avg_max_x_pos"] for p in points], **style)
+
+
+def _label(column: str) -> str:
+    return "best.pt greedy" if column == BEST else column
 
 
 def _finish_panels(axes: Any, titles: tuple[str, str, str]) -> None:
@@ -415,8 +461,8 @@ def plot_seeds(result: dict[str, Any], output: Path) -> Path:
 
     fig, axes, colours = _curve_panels()
     for k, seed in enumerate(result["seeds"]):
-        for policy in result_policies(result):
-            label = f"seed {seed['seed']} {policy}"
+        for policy in result_columns(result):
+            label = f"seed {seed['seed']} {_label(policy)}"
             _plot_curve(axes, seed["points"], policy, color=colours[k % len(colours)], label=label)
     _finish_panels(axes, ("clear rate vs minutes", "clear rate vs agent steps", "mean max x"))
     fig.suptitle(f"mario bench learn: {result['name']} ({result['env_id']})")
@@ -429,8 +475,8 @@ def plot_compare(results: list[dict[str, Any]], output: Path) -> Path:
 
     fig, axes, colours = _curve_panels()
     for k, result in enumerate(results):
-        for policy in result_policies(result):
-            label = f"{result['name']} {policy}"
+        for policy in result_columns(result):
+            label = f"{result['name']} {_label(policy)}"
             colour = colours[k % len(colours)]
             _plot_curve(axes, result["median"]["points"], policy, color=colour, label=label)
     _finish_panels(axes, ("median clear rate vs minutes", "vs agent steps", "median mean max x"))

@@ -59,6 +59,13 @@ REPAIR_FIX_ACCURACY = "repair/fix_accuracy"  # the same, at the fixes only
 REPAIR_IMITATION_LOSS = "repair/imitation_loss"
 REPAIR_SECONDS = "repair/seconds"  # wall-clock seconds of the checks (with their search) so far
 
+# best.pt by greedy play from every eval start (--best-by greedy)
+BEST_CHECKS = "best/checks"  # greedy checks so far
+BEST_SECONDS = "best/seconds"  # wall-clock seconds of the checks so far
+BEST_CHECK_CLEAR_RATE = "best/check_clear_rate"  # the last complete check's greedy clear rate
+BEST_CLEAR_RATE = "best/clear_rate"  # best.pt's greedy clear rate over the eval starts
+BEST_STEP = "best/step"  # the agent step of best.pt's weights
+
 # Ray actors (--actors ray)
 ACTORS_COUNT = "actors/count"  # actors delivering rollouts now
 ACTORS_LOST = "actors/lost"  # actors lost (and replaced) so far in this session

@@ -19,6 +19,7 @@ from mario_cli.learnbench import (
     parse_amount,
     train_seed,
 )
+from mario_cli.training.checkpoint import load_checkpoint
 from mario_cli.training.trainer import TrainingControl
 from tests.conftest import run_mario
 
@@ -34,7 +35,7 @@ TINY = (
     "--reward-no-progress-cut-steps",
     "20",
 )
-POINT_KEYS = {"steps", "minutes", "checkpoint", "greedy", "stochastic"}
+POINT_KEYS = {"steps", "minutes", "checkpoint", "greedy", "stochastic", "best"}
 POLICY_KEYS = {"clear_rate", "avg_max_x_pos", "avg_reward"}
 MILESTONE_NAMES = {"first_clear", "clear_50", "clear_80"}
 
@@ -122,6 +123,10 @@ def test_bench_learn_json_has_every_field_and_writes_the_plot(tmp_path: Path) ->
         "--name",
         "tiny",
         "--json",
+        "--best-check-every",
+        "128",
+        "--best-noop-max",
+        "1",
         *TINY,
     )
     assert result.returncode == 0, result.stderr
@@ -146,8 +151,15 @@ def test_bench_learn_json_has_every_field_and_writes_the_plot(tmp_path: Path) ->
                 assert set(point[policy]) == POLICY_KEYS
                 assert 0.0 <= point[policy]["clear_rate"] <= 1.0
                 assert point[policy]["avg_max_x_pos"] > 0
+            # best: what `mario eval` of the run would play then, a copy of best.pt
+            best = point["best"]
+            assert set(best) == POLICY_KEYS | {"step", "checkpoint"}
+            assert best["step"] in (128, 256) and best["step"] <= point["steps"]
+            copy = load_checkpoint(Path(best["checkpoint"]))
+            assert copy["best_by"] == "greedy" and copy["global_step"] == best["step"]
+            assert Path(best["checkpoint"]).name == f"best_at_{point['steps']:012d}.pt"
         assert seed["points"][0]["minutes"] <= seed["points"][1]["minutes"]
-        for policy in ("greedy", "stochastic"):
+        for policy in ("greedy", "stochastic", "best"):
             assert set(seed["milestones"][policy]) == MILESTONE_NAMES
             for name in MILESTONE_NAMES:
                 hit = seed["milestones"][policy][name]
@@ -157,8 +169,9 @@ def test_bench_learn_json_has_every_field_and_writes_the_plot(tmp_path: Path) ->
         assert (run / "metrics.jsonl").is_file() and (run / "config.toml").is_file()
         assert list((run / "tb").glob("events.out.tfevents.*"))
     assert [p["seeds"] for p in data["median"]["points"]] == [2, 2]
-    for policy in ("greedy", "stochastic"):
+    for policy in ("greedy", "stochastic", "best"):
         assert set(data["median"]["milestones"][policy]) == MILESTONE_NAMES
+    assert set(data["median"]["points"][0]) >= {"greedy", "stochastic", "best"}
     plot = Path(data["plot"])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     saved = json.loads((tmp_path / "artifacts" / "bench" / "tiny" / "result.json").read_text())

@@ -17,7 +17,8 @@ def test_bench_train_fields_and_breakdown(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert {"sps", "env_ceiling_sps", "ratio_to_ceiling", "breakdown"} <= set(data)
-    assert set(data["breakdown"]) == {"env_wait", "inference", "update", "repair", "logging"}
+    phases = {"env_wait", "inference", "update", "repair", "best", "logging"}
+    assert set(data["breakdown"]) == phases
     assert data["steps"] == 128
     assert data["sps"] == pytest.approx(data["steps"] / data["wall_seconds"], rel=0.01)
     assert data["ratio_to_ceiling"] == pytest.approx(

@@ -326,7 +326,7 @@ def test_rollout_metrics_best_and_hints_come_from_stage_start_episodes_only() ->
     assert with_probes["rollout/greedy_max_x_pos"] == pytest.approx((3200 + 1130) / 2)
     assert "rollout/greedy_clear_rate" not in metrics
 
-    # best.pt: judged on 20 stage-start episodes, never on restarts
+    # best.pt by the training episodes: judged on 20 stage-start episodes, never on restarts
     class Checkpoints:
         def __init__(self) -> None:
             self.scores: list[float] = []
@@ -335,7 +335,7 @@ def test_rollout_metrics_best_and_hints_come_from_stage_start_episodes_only() ->
             self.scores.append(score)
             return False
 
-    trainer = Trainer(MarioConfig())
+    trainer = Trainer(MarioConfig.model_validate({"train": {"best_by": "rollout"}}))
     trainer.checkpoints = Checkpoints()
     trainer._payload = lambda with_optimiser=True: {}
     trainer.episodes.extend([episode(3000, True, True)] * 60 + [episode(300)] * 19)

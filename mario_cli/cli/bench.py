@@ -260,7 +260,7 @@ def learn(
             progress.update(task, completed=budget.value)
             eval_task = progress.add_task(
                 f"seed {seed} ({k}/{len(settings.seeds)}) eval",
-                total=len(training.points) * eval_episodes * len(settings.policies),
+                total=len(training.points) * eval_episodes * (len(settings.policies) + 1),
                 status=f"{len(training.points)} eval points",
             )
             points = evaluate_points(
@@ -294,9 +294,10 @@ def _when(hit: dict | None) -> str:
 
 
 def print_learn_table(result: dict[str, Any]) -> None:
-    from mario_cli.eval_protocol import check_policy, describe_start
+    from mario_cli.eval_protocol import describe_start
+    from mario_cli.learnbench import BEST, result_columns
 
-    policies = check_policy(result["eval"]["policy"])
+    policies = result_columns(result)
     table = Table(title=f"mario bench learn: {result['name']} ({result['env_id']})")
     for column in ("seed", "minutes", "steps", *(f"{p} clear" for p in policies)):
         table.add_column(column, justify="right")
@@ -335,6 +336,12 @@ def print_learn_table(result: dict[str, Any]) -> None:
         f"after training; load {result['machine']['loadavg_start'][0]:.2f} at the start",
         highlight=False,
     )
+    if BEST in policies:
+        console.print(
+            f"{BEST}: greedy play of the run's best.pt at that point, which is what "
+            "`mario eval` of the run reports",
+            highlight=False,
+        )
 
 
 MILESTONE_NAMES = ("first_clear", "clear_50", "clear_80")
@@ -350,12 +357,12 @@ def learn_report(
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ) -> None:
     """Earlier `bench learn` results side by side: one table row and plot line per variant."""
-    from mario_cli.learnbench import BENCH_DIR, load_result, plot_compare, result_policies
+    from mario_cli.learnbench import BENCH_DIR, load_result, plot_compare, result_columns
 
     loaded = [load_result(ref, artifacts_dir) for ref in results]
     rows = []
     for result in loaded:
-        policies = result_policies(result)
+        policies = result_columns(result)
         last = result["median"]["points"][-1] if result["median"]["points"] else None
         sps = [s["steps_per_second"] for s in result["seeds"] if s["steps_per_second"]]
         row: dict[str, Any] = {

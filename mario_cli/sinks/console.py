@@ -17,7 +17,7 @@ from mario_cli.events import (
     RunStarted,
 )
 
-GROUPS = ("rollout", "time", "train", "replay", "repair", "actors")
+GROUPS = ("rollout", "time", "train", "replay", "repair", "best", "actors")
 
 
 def metrics_table(metrics: dict[str, float], title: str | None = None) -> Table:

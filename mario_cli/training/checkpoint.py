@@ -30,6 +30,8 @@ FORMAT_VERSION = 1
 ROTATING_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
 BEST_NAME = "best.pt"
 FINAL_NAME = "final.pt"
+ROLLOUT_BEST = "rollout"  # best.pt chosen by the stage-start training episodes
+GREEDY_BEST = "greedy"  # best.pt chosen by greedy play from every eval start
 COMPILE_PREFIX = "_orig_mod"
 
 _PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)
@@ -225,6 +227,7 @@ class CheckpointManager:
         self.directory = RunPaths(Path(run_dir)).checkpoints
         self.keep = keep
         self._best_score: float | None = None
+        self._best_by = ROLLOUT_BEST
         self._best_read = False  # best.pt is read only when a score is needed
 
     @property
@@ -234,12 +237,25 @@ class CheckpointManager:
             self._best_read = True
             if self.best_path.is_file():
                 try:
-                    score = load_checkpoint(self.best_path).get("best_score")
+                    saved = load_checkpoint(self.best_path)
                 except CheckpointError:
-                    score = None  # a damaged best.pt is simply replaced by the next best
+                    saved = {}  # a damaged best.pt is simply replaced by the next best
+                score = saved.get("best_score")
                 if isinstance(score, int | float) and not isinstance(score, bool):
                     self._best_score = float(score)
+                    self._best_by = str(saved.get("best_by", ROLLOUT_BEST))
         return self._best_score
+
+    @property
+    def best_by(self) -> str:
+        """How the saved ``best.pt`` was scored: ``"rollout"`` or ``"greedy"``."""
+        _ = self.best_score
+        return self._best_by
+
+    def best_score_by(self, kind: str) -> float | None:
+        """The saved best score if it was scored the way ``kind`` scores, else None."""
+        score = self.best_score
+        return score if self._best_by == kind else None
 
     @property
     def best_path(self) -> Path:
@@ -258,15 +274,20 @@ class CheckpointManager:
             old.unlink(missing_ok=True)
         return path
 
-    def save_best(self, payload: dict[str, Any], score: float) -> bool:
-        """Write ``best.pt`` if ``score`` beats the best so far; return whether it did."""
+    def save_best(self, payload: dict[str, Any], score: float, by: str = ROLLOUT_BEST) -> bool:
+        """Write ``best.pt`` if ``score`` beats the best so far; return whether it did.
+
+        Scores of another kind (``by``) do not compare: the first of a new kind replaces
+        them (a run resumed after its ``best_by`` changed).
+        """
         score = float(score)
         if score != score:  # NaN never counts as an improvement
             return False
-        if self.best_score is not None and score <= self.best_score:
+        best = self.best_score_by(by)
+        if best is not None and score <= best:
             return False
-        save_checkpoint(self.best_path, {**payload, "best_score": score})
-        self._best_score, self._best_read = score, True
+        save_checkpoint(self.best_path, {**payload, "best_score": score, "best_by": by})
+        self._best_score, self._best_by, self._best_read = score, by, True
         return True
 
     def save_final(self, payload: dict[str, Any]) -> Path:

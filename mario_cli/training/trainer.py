@@ -40,8 +40,10 @@ from mario_cli.events import (
 )
 from mario_cli.runs import RunPaths, create_run, default_run_name, mark_latest
 from mario_cli.sinks.jsonl import JsonlSink
+from mario_cli.training.best_check import GreedyBestCheck
 from mario_cli.training.builders import build_algorithm, build_policy, replay_name
 from mario_cli.training.checkpoint import (
+    GREEDY_BEST,
     CheckpointManager,
     capture_rng_state,
     load_checkpoint,
@@ -146,7 +148,7 @@ class TrainingControl:
 class PhaseTimer:
     """Wall-clock seconds spent per phase of the loop (for `mario bench train`)."""
 
-    PHASES = ("env_wait", "inference", "update", "repair", "logging")
+    PHASES = ("env_wait", "inference", "update", "repair", "best", "logging")
 
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(self.PHASES, 0.0)
@@ -201,6 +203,8 @@ class Trainer:
         self._compile_guard: CompileGuard | None = None
         self.ray: RaySession | None = None  # --actors ray: this run's use of the cluster
         self.repair: PathRepair | None = None  # --repair-every: greedy-path repair
+        self.best_check: GreedyBestCheck | None = None  # --best-by greedy
+        self._best_metrics: dict[str, float] = {}
 
     # ----------------------------------------------------------------- events
     def _note(self, message: str) -> None:
@@ -259,6 +263,8 @@ class Trainer:
             )
         elif cfg.repair.repair_every > 0:
             self.repair = PathRepair(cfg, self.policy, self.optimiser, self.device)
+        if cfg.train.best_by == GREEDY_BEST:
+            self.best_check = GreedyBestCheck(cfg, self.policy, self.device)
         if cfg.train.actors == "ray":
             from mario_cli.training.ray_actors import RaySession
 
@@ -296,6 +302,9 @@ class Trainer:
             self._holds_run = True
         self.run.config.write_text(to_toml(cfg.to_dict()))
         self.checkpoints = CheckpointManager(self.run.root, cfg.train.keep_checkpoints)
+        best = self.checkpoints.best_score_by(GREEDY_BEST)
+        if self.best_check is not None and best is not None:  # a resumed run's best.pt
+            self._best_metrics[names.BEST_CLEAR_RATE] = self.best_check.clear_rate_of(best)
         self._compile_policy()
         self.emit(
             RunStarted(
@@ -561,6 +570,11 @@ class Trainer:
                 background.publish(self.policy, self.iteration + 1)
             self.global_step += rollout_size
             self.iteration += 1
+            if self.best_check is not None and self.best_check.due(self.global_step):
+                with self.timer("best"):
+                    notices.append(self._greedy_best())
+            if self.best_check is not None:
+                metrics.update(self._best_metrics)
             elapsed = time.perf_counter() - start_time
             metrics.update(self._rollout_metrics())
             metrics.update(getattr(background, "metrics", dict)())  # actors/* of Ray actors
@@ -626,7 +640,28 @@ class Trainer:
     def _rollout_metrics(self) -> dict[str, float]:
         return rollout_metrics(list(self.episodes), self.cfg.env.settings_of("restarts").share > 0)
 
+    def _greedy_best(self) -> str:
+        """Score the weights by greedy play from every eval start; keep them if best."""
+        check = self.best_check
+        score = check.score(self.checkpoints.best_score_by(GREEDY_BEST))
+        payload = self._payload(with_optimiser=False)
+        saved = score.complete and self.checkpoints.save_best(payload, score.value, GREEDY_BEST)
+        self._best_metrics[names.BEST_CHECKS] = float(check.checks)
+        self._best_metrics[names.BEST_SECONDS] = check.seconds
+        if score.complete:
+            self._best_metrics[names.BEST_CHECK_CLEAR_RATE] = score.clear_rate
+        if saved:
+            self._best_metrics[names.BEST_CLEAR_RATE] = score.clear_rate
+            self._best_metrics[names.BEST_STEP] = float(self.global_step)
+            self.emit(CheckpointSaved(self.global_step, str(self.checkpoints.best_path), "best"))
+        took = f"{score.seconds:.0f} s"
+        if saved:
+            return f"best check: {score.describe()} in {took}; saved as best.pt"
+        return f"best check: {score.describe()} in {took}; best.pt stays"
+
     def _maybe_save_best(self, metrics: dict[str, float]) -> None:
+        if self.best_check is not None:  # greedy checks choose best.pt
+            return
         # Judge only once the window holds enough stage-start episodes to mean something.
         if len(stage_start_episodes(self.episodes)) < min(20, EPISODE_WINDOW):
             return
@@ -652,3 +687,5 @@ class Trainer:
             self.ray = None
         if self.repair is not None:
             self.repair.close()
+        if self.best_check is not None:
+            self.best_check.close()

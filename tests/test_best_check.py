@@ -1,0 +1,147 @@
+"""best.pt chosen by greedy play from every eval start, on the real emulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from mario_cli.config import MarioConfig
+from mario_cli.envs import make_env
+from mario_cli.envs.stages import action_names
+from mario_cli.eval_protocol import DEFAULT_NOOP_MAX
+from mario_cli.evaluation import Agent, play_episode
+from mario_cli.events import CheckpointSaved, IterationStats, Notice
+from mario_cli.training.best_check import (
+    CLEAR_WEIGHT,
+    MAX_STARTS,
+    GreedyBestCheck,
+    GreedyScore,
+    clears_of,
+    eval_starts,
+)
+from mario_cli.training.checkpoint import (
+    GREEDY_BEST,
+    ROLLOUT_BEST,
+    CheckpointManager,
+    load_checkpoint,
+)
+from mario_cli.training.repair import stage_env_config
+from tests.test_training import tiny_config, train
+
+RIGHT_A_B = action_names("simple").index("right+A+B")
+
+
+class HoldRightAB(nn.Module):
+    """A policy that always picks right+A+B (it dies at x ~1,125 on 1-1)."""
+
+    recurrent = False
+
+    def act(self, obs, state=None, done=None, deterministic=False):
+        n = obs.shape[0]
+        return torch.full((n,), RIGHT_A_B), torch.zeros(n), torch.zeros(n), state
+
+
+def test_the_starts_are_eval_starts() -> None:
+    # One stage: every no-op count mario eval can draw, once.
+    assert eval_starts(1) == [(0, noop) for noop in range(DEFAULT_NOOP_MAX + 1)]
+    assert eval_starts(1, 0) == [(0, 0)]
+    # Many stages: at most MAX_STARTS, each stage the same spread from 0 to noop_max.
+    many = eval_starts(32)
+    assert len(many) <= MAX_STARTS and {stage for stage, _ in many} == set(range(32))
+    assert {noop for stage, noop in many if stage == 5} == {0, DEFAULT_NOOP_MAX}
+    three = eval_starts(3)
+    assert len(three) == 3 * 21 and len({n for s, n in three if s == 0}) == 21
+
+
+def test_a_clear_outweighs_any_max_x_and_the_clears_come_back_out() -> None:
+    cleared_17 = GreedyScore(31, 31, 17, 1_000.0, 1.0)
+    cleared_16 = GreedyScore(31, 31, 16, 3_900.0, 1.0)
+    assert cleared_17.value > cleared_16.value
+    assert cleared_17.clear_rate == pytest.approx(17 / 31)
+    for score in (cleared_17, cleared_16, GreedyScore(64, 64, 63, 3_999.0, 0.0)):
+        assert clears_of(score.value, score.starts) == score.clears
+    assert clears_of(GreedyScore(31, 31, 0, 2_500.0, 0.0).value, 31) == 0
+    assert CLEAR_WEIGHT / MAX_STARTS > 4_000  # one clear in a full check beats any mean max x
+
+
+def test_a_check_scores_what_mario_eval_sees_and_stops_once_it_cannot_win() -> None:
+    cfg = MarioConfig.model_validate({"train": {"best_noop_max": 3}})
+    policy = HoldRightAB()
+    check = GreedyBestCheck(cfg, policy, torch.device("cpu"))
+    assert check.starts == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    threads = torch.get_num_threads()
+    try:
+        score = check.score(None)
+        assert score.complete and score.played == 4 and score.clears == 0
+        assert 1_100 < score.mean_max_x < 1_200
+        assert policy.training and torch.get_num_threads() == threads  # restored
+        # the same starts played by mario eval's own episode loop give the same max x
+        env = make_env(stage_env_config(cfg, check.specs[0]))
+        agent = Agent(policy, cfg, Path("none.pt"))
+        xs = []
+        for noop in range(4):
+            # play_episode draws the no-op count from the seed: find a seed per count
+            seed = next(s for s in range(1000) if _noop_of(s) == noop)
+            xs.append(play_episode(agent, env, True, 5000, seed, noop_max=3)["max_x_pos"])
+        env.close()
+        assert score.mean_max_x == pytest.approx(sum(xs) / 4, abs=2)
+
+        # best.pt cleared 3 of 4: after two misses this policy cannot reach 3
+        best = GreedyScore(4, 4, 3, 2_000.0, 0.0).value
+        stopped = check.score(best)
+        assert not stopped.complete and stopped.played == 2 and stopped.clears == 0
+        assert "cannot beat best.pt" in stopped.describe()
+        assert check.checks == 2 and check.seconds > 0
+    finally:
+        check.close()
+
+
+def _noop_of(seed: int) -> int:
+    from mario_cli.eval_protocol import noop_frames
+
+    return noop_frames(seed, 3)
+
+
+def test_best_of_another_kind_is_replaced_by_the_first_greedy_score(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path, keep=2)
+    assert manager.save_best({"tag": "old"}, 8_000.0)  # rollout-scored (the default)
+    assert manager.best_by == ROLLOUT_BEST
+    assert manager.best_score_by(GREEDY_BEST) is None
+    assert manager.save_best({"tag": "greedy"}, 300.0, GREEDY_BEST)
+    assert not manager.save_best({"tag": "worse"}, 200.0, GREEDY_BEST)
+    again = CheckpointManager(tmp_path, keep=2)  # as a resumed run reads it
+    assert again.best_by == GREEDY_BEST and again.best_score_by(GREEDY_BEST) == 300.0
+    saved = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert saved["tag"] == "greedy" and saved["best_by"] == GREEDY_BEST
+
+
+def test_training_keeps_the_greedy_best_and_reports_its_checks(tmp_path: Path) -> None:
+    cfg = tiny_config(
+        tmp_path,
+        train={"total_timesteps": 96, "best_check_every": 64, "best_noop_max": 1},
+        repair={"repair_every": 0},
+    )
+    trainer, events = train(cfg)
+    stats = [e for e in events if isinstance(e, IterationStats)]
+    assert [s.step for s in stats] == [32, 64, 96]
+    assert "best/checks" not in stats[0].metrics  # the first check is at 64
+    assert stats[1].metrics["best/checks"] == 1 and stats[-1].metrics["best/checks"] == 1
+    assert stats[1].metrics["best/step"] == 64 and "best/clear_rate" in stats[-1].metrics
+    checks = [e.message for e in events if isinstance(e, Notice) and "best check" in e.message]
+    assert len(checks) == 1 and "eval starts" in checks[0] and "saved as best.pt" in checks[0]
+    saved = [e for e in events if isinstance(e, CheckpointSaved) and e.kind == "best"]
+    assert [e.step for e in saved] == [64]
+    best = load_checkpoint(trainer.checkpoints.best_path)
+    assert best["best_by"] == GREEDY_BEST and best["global_step"] == 64
+    assert trainer.timer.seconds["best"] > 0
+
+
+def test_rollout_best_by_takes_no_greedy_checks(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, train={"best_by": "rollout", "best_check_every": 32})
+    trainer, events = train(cfg)
+    assert trainer.best_check is None
+    assert not any(isinstance(e, Notice) and "best check" in e.message for e in events)
+    assert all("best/checks" not in e.metrics for e in events if isinstance(e, IterationStats))
