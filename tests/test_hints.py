@@ -145,6 +145,18 @@ def test_entropy_collapsed_silent_when_entropy_recovers(cfg: MarioConfig) -> Non
     assert entropy_collapsed(history_of([warn] * 10), cfg) == []
 
 
+@pytest.mark.parametrize(
+    "rate", ["rollout/clear_rate", "rollout/greedy_clear_rate", "best/check_clear_rate"]
+)
+def test_entropy_collapsed_is_silent_while_the_policy_clears(cfg: MarioConfig, rate: str) -> None:
+    n = cfg.hints.entropy_collapsed.iterations
+    low = {"train/entropy_loss": -0.05}
+    clearing = history_of([healthy(**low)] * (n - 1) + [healthy(**low, **{rate: 0.6})])
+    assert entropy_collapsed(clearing, cfg) == []
+    rarely = history_of([healthy(**low)] * (n - 1) + [healthy(**low, **{rate: 0.3})])
+    assert [h.rule for h in entropy_collapsed(rarely, cfg)] == ["entropy-collapsed"]
+
+
 # --------------------------------------------------------------- KL too large
 def test_kl_too_large_fires_and_halves_the_learning_rate(cfg: MarioConfig) -> None:
     n = cfg.hints.kl_too_large.iterations

@@ -67,6 +67,18 @@ def updates_stalled(history: History, cfg: MarioConfig) -> list[Hint]:
     ]
 
 
+CLEAR_RATES = (
+    names.ROLLOUT_CLEAR_RATE,
+    names.ROLLOUT_GREEDY_CLEAR_RATE,
+    names.BEST_CHECK_CLEAR_RATE,
+)
+
+
+def _clear_rate(metrics: dict[str, float]) -> float:
+    """The highest clear rate training reports: sampled, greedy probes, best check."""
+    return max((metrics[key] for key in CLEAR_RATES if key in metrics), default=0.0)
+
+
 def entropy_collapsed(history: History, cfg: MarioConfig) -> list[Hint]:
     """Entropy below ``[hints] entropy_bad`` for ``iterations``: the policy is deterministic."""
     bad = cfg.hints.entropy_bad
@@ -78,6 +90,10 @@ def entropy_collapsed(history: History, cfg: MarioConfig) -> list[Hint]:
 
     window = history.recent(own.iterations)
     if not _all(window, collapsed):
+        return []
+    # A policy that clears the stage is allowed to be near-deterministic: greedy-path
+    # repair trains it to be (measured: 0.04-0.08 nats while clearing 20/20).
+    if _clear_rate(window[-1]) >= own.clearing:
         return []
     entropy = entropy_of(window[-1])
     return [

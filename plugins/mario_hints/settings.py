@@ -41,6 +41,12 @@ class EntropyCollapsedSettings(ComponentSettings):
     iterations: int = Field(
         3, ge=1, description="Iterations below hints.entropy_bad before a hint."
     )
+    clearing: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="No hint while a clear rate (rollout, greedy probes, best check) is this high.",
+    )
 
 
 class KlTooLargeSettings(ComponentSettings):
