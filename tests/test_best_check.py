@@ -21,6 +21,7 @@ from mario_cli.training.best_check import (
     GreedyScore,
     clears_of,
     eval_starts,
+    out_of_reach,
 )
 from mario_cli.training.checkpoint import (
     GREEDY_BEST,
@@ -45,15 +46,34 @@ class HoldRightAB(nn.Module):
 
 
 def test_the_starts_are_eval_starts() -> None:
-    # One stage: every no-op count mario eval can draw, once.
-    assert eval_starts(1) == [(0, noop) for noop in range(DEFAULT_NOOP_MAX + 1)]
+    # One stage: every no-op count mario eval can draw, once, the first ones spread out.
+    one = eval_starts(1)
+    assert sorted(one) == [(0, noop) for noop in range(DEFAULT_NOOP_MAX + 1)]
+    assert [noop for _, noop in one[:8]] == [0, 16, 8, 24, 4, 20, 12, 28]
     assert eval_starts(1, 0) == [(0, 0)]
     # Many stages: at most MAX_STARTS, each stage the same spread from 0 to noop_max.
     many = eval_starts(32)
     assert len(many) <= MAX_STARTS and {stage for stage, _ in many} == set(range(32))
     assert {noop for stage, noop in many if stage == 5} == {0, DEFAULT_NOOP_MAX}
     three = eval_starts(3)
-    assert len(three) == 3 * 21 and len({n for s, n in three if s == 0}) == 21
+    assert len(set(three)) == 3 * 21 and len({n for s, n in three if s == 0}) == 21
+
+
+def test_a_check_stops_when_it_cannot_or_very_likely_will_not_win() -> None:
+    best = GreedyScore(31, 31, 17, 2_600.0, 0.0).value  # best.pt clears 17/31
+    miss, clear = (False, 1_400), (True, 3_161)
+    assert not out_of_reach([miss] * 5, 26, None)  # no best.pt yet: play every start
+    nearly_all = GreedyScore(31, 31, 30, 3_000.0, 0.0).value  # best.pt clears 30/31
+    assert out_of_reach([miss] * 2, 29, nearly_all)  # 29 left cannot make 30
+    assert not out_of_reach([miss], 30, nearly_all)  # 30 left still could
+    # after 8 starts: 2/8 is more than 0.2 below 17/31, 4/8 is not
+    assert out_of_reach([clear] * 2 + [miss] * 6, 23, best)
+    assert not out_of_reach([clear] * 4 + [miss] * 4, 23, best)
+    assert not out_of_reach([clear] * 1 + [miss] * 6, 24, best)  # 7 starts: too few to judge
+    # while best.pt clears nothing, a mean max x 10% below its ends the check
+    far = GreedyScore(31, 31, 0, 1_500.0, 0.0).value
+    assert out_of_reach([(False, 1_300)] * 8, 23, far)
+    assert not out_of_reach([(False, 1_400)] * 8, 23, far)
 
 
 def test_a_clear_outweighs_any_max_x_and_the_clears_come_back_out() -> None:
@@ -71,7 +91,7 @@ def test_a_check_scores_what_mario_eval_sees_and_stops_once_it_cannot_win() -> N
     cfg = MarioConfig.model_validate({"train": {"best_noop_max": 3}})
     policy = HoldRightAB()
     check = GreedyBestCheck(cfg, policy, torch.device("cpu"))
-    assert check.starts == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    assert sorted(check.starts) == [(0, 0), (0, 1), (0, 2), (0, 3)]
     threads = torch.get_num_threads()
     try:
         score = check.score(None)
@@ -93,7 +113,7 @@ def test_a_check_scores_what_mario_eval_sees_and_stops_once_it_cannot_win() -> N
         best = GreedyScore(4, 4, 3, 2_000.0, 0.0).value
         stopped = check.score(best)
         assert not stopped.complete and stopped.played == 2 and stopped.clears == 0
-        assert "cannot beat best.pt" in stopped.describe()
+        assert "not going to beat best.pt" in stopped.describe()
         assert check.checks == 2 and check.seconds > 0
     finally:
         check.close()
