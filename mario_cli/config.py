@@ -413,6 +413,11 @@ class RepairConfig(Section):
     repair_paths: int = Field(
         8, ge=1, description="Repaired paths kept, one per stage and no-op start (newest kept)."
     )
+    repair_cleared: int = Field(
+        16,
+        ge=0,
+        description="Cleared greedy paths kept besides them, one per stage and no-op start.",
+    )
 
     @field_validator("repair_lengths")
     @classmethod

@@ -128,19 +128,29 @@ def test_imitation_teaches_the_kept_paths_with_the_fix_in_every_batch(tmp_path: 
 
 
 def test_a_new_path_for_a_start_replaces_its_old_one_and_the_oldest_go(tmp_path: Path) -> None:
-    repair = _repair_for(tmp_path, repair_paths=2)
+    repair = _repair_for(tmp_path, repair_paths=2, repair_cleared=2)
     frame = np.zeros((4, 84, 84), dtype=np.uint8)
-    repair._keep(("1-1", 0), [frame] * 3, [1, 1, 1], [2])
-    repair._keep(("1-1", 5), [frame] * 4, [1, 1, 1, 1], [])
-    repair._keep(("1-1", 0), [frame] * 5, [1] * 5, [3, 4])
-    assert (
-        list(repair.paths) == [("1-1", 5), ("1-1", 0)]
-        and len(repair.paths[("1-1", 0)].actions) == 5
-    )
-    repair._keep(("1-1", 9), [frame] * 2, [1, 1], [])
-    assert list(repair.paths) == [("1-1", 0), ("1-1", 9)]
-    obs, actions, fixes = repair._demos()
-    assert len(obs) == len(actions) == 7 and fixes.tolist() == [3, 4]
+    repair._keep(("1-1", 0), [frame] * 3, [1, 1, 1], [2])  # repaired
+    repair._keep(("1-1", 5), [frame] * 4, [1, 1, 1, 1], [])  # cleared
+    repair._keep(("1-1", 0), [frame] * 5, [1] * 5, [3, 4])  # start 0 repaired again
+    assert list(repair.repaired) == [("1-1", 0)] and len(repair.repaired[("1-1", 0)].actions) == 5
+    assert list(repair.cleared) == [("1-1", 5)]
+    # repairs of other starts push out the oldest repair, never a clear
+    repair._keep(("1-1", 9), [frame] * 2, [1, 1], [0])
+    repair._keep(("1-1", 7), [frame] * 2, [1, 1], [1])
+    assert list(repair.repaired) == [("1-1", 9), ("1-1", 7)]
+    assert list(repair.cleared) == [("1-1", 5)]
+    # a start that dies after it cleared keeps its clear beside the repair
+    repair._keep(("1-1", 5), [frame] * 3, [1, 1, 1], [2])
+    assert ("1-1", 5) in repair.cleared and ("1-1", 5) in repair.repaired
+    # a clear replaces its start's repair; clears beyond repair_cleared push out the oldest
+    repair._keep(("1-1", 7), [frame] * 6, [1] * 6, [])
+    assert list(repair.cleared) == [("1-1", 5), ("1-1", 7)]
+    assert list(repair.repaired) == [("1-1", 5)]  # 9 went when 5's repair came
+    repair._keep(("1-1", 1), [frame] * 2, [1, 1], [])
+    assert list(repair.cleared) == [("1-1", 7), ("1-1", 1)]
+    obs, actions, fixes = repair._demos()  # cleared first (6 + 2 steps), then 5's repair
+    assert len(obs) == len(actions) == 11 and fixes.tolist() == [10]
 
 
 def test_checks_come_at_multiples_of_repair_every(tmp_path: Path, monkeypatch) -> None:

@@ -12,9 +12,12 @@ the last step backwards, each other action for one step followed by greedy play 
 (:func:`mario_cli.deviations.first_repair`). The repaired path (the path's own steps,
 the change, and greedy play until past the old death) is then imitated for
 ``repair_steps`` cross-entropy steps after every update; a path that clears is imitated
-as it is, so what is learned is kept. One path is kept per stage and no-op start (the
-newest ``repair_paths``); they are not saved in checkpoints: a resumed run finds them
-again at its next check.
+as it is, so what is learned is kept. Per stage and no-op start, one repaired path (the
+newest ``repair_paths`` of them) and one cleared path (the newest ``repair_cleared``):
+a clear replaces that start's repaired path, and a later death from a start that once
+cleared keeps the clear next to its repair, so a way through is not forgotten when a
+newer check of another start comes. They are not saved in checkpoints: a resumed run
+finds them again at its next check.
 
 This is a training aid, like restarts: the checks run in the learner's own env, never
 enter ``rollout/*``, ``best.pt`` or eval, and are reported as ``repair/*``.
@@ -79,6 +82,18 @@ def stage_env_config(cfg: MarioConfig, spec: StageSpec) -> Any:
     return MarioConfig.model_validate({**data, "env": env}).env
 
 
+def _put_newest(
+    paths: OrderedDict[tuple[str, int], RepairedPath],
+    key: tuple[str, int],
+    path: RepairedPath,
+    limit: int,
+) -> None:
+    paths.pop(key, None)
+    paths[key] = path
+    while len(paths) > limit:
+        paths.popitem(last=False)
+
+
 class PathRepair:
     """The learner's greedy checks and the imitation of what they repaired."""
 
@@ -100,7 +115,8 @@ class PathRepair:
         self.specs = stage_specs(cfg.env)
         self.candidates = candidate_actions(cfg.env.movement, self.settings.repair_actions)
         self.action_names = action_names(cfg.env.movement)
-        self.paths: OrderedDict[tuple[str, int], RepairedPath] = OrderedDict()
+        self.repaired: OrderedDict[tuple[str, int], RepairedPath] = OrderedDict()
+        self.cleared: OrderedDict[tuple[str, int], RepairedPath] = OrderedDict()
         self.checks = self.clears = self.fixes = 0
         self.seconds = 0.0
         self.next_check: int | None = None
@@ -248,19 +264,25 @@ class PathRepair:
         actions: list[int],
         fixes: list[int],
     ) -> None:
-        self.paths.pop(key, None)
-        self.paths[key] = RepairedPath(
-            np.stack(observations), np.asarray(actions, dtype=np.int64), list(fixes)
-        )
-        while len(self.paths) > self.settings.repair_paths:
-            self.paths.popitem(last=False)
+        """Keep a start's path: one with fixes is a repair, one without a clear."""
+        path = RepairedPath(np.stack(observations), np.asarray(actions, dtype=np.int64), fixes)
+        if fixes:
+            _put_newest(self.repaired, key, path, self.settings.repair_paths)
+        else:  # greedy play clears from this start now: its repair is out of date
+            self.repaired.pop(key, None)
+            _put_newest(self.cleared, key, path, self.settings.repair_cleared)
         self._batch = None
+
+    @property
+    def paths(self) -> list[RepairedPath]:
+        """Every kept path, cleared ones first."""
+        return [*self.cleared.values(), *self.repaired.values()]
 
     # -------------------------------------------------------------- imitation
     def _demos(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every kept path's steps on the device, and the indices of the fixes."""
         if self._batch is None:
-            paths = list(self.paths.values())
+            paths = self.paths
             obs = torch.from_numpy(np.concatenate([p.observations for p in paths]))
             actions = torch.from_numpy(np.concatenate([p.actions for p in paths]))
             fixes, offset = [], 0
@@ -294,6 +316,7 @@ class PathRepair:
             self.policy.train(was_training)
         metrics = {
             names.REPAIR_PATHS: float(len(self.paths)),
+            names.REPAIR_CLEARED_PATHS: float(len(self.cleared)),
             names.REPAIR_DEMO_STEPS: float(len(actions)),
             names.REPAIR_ACCURACY: accuracy,
             names.REPAIR_IMITATION_LOSS: float(np.mean(losses)),
