@@ -418,6 +418,9 @@ class RepairConfig(Section):
         ge=0,
         description="Cleared greedy paths kept besides them, one per stage and no-op start.",
     )
+    repair_best_clears: bool = Field(
+        True, description="Also keep the clears of the best.pt checks (--best-by greedy)."
+    )
 
     @field_validator("repair_lengths")
     @classmethod

@@ -165,3 +165,37 @@ def test_rollout_best_by_takes_no_greedy_checks(tmp_path: Path) -> None:
     assert trainer.best_check is None
     assert not any(isinstance(e, Notice) and "best check" in e.message for e in events)
     assert all("best/checks" not in e.metrics for e in events if isinstance(e, IterationStats))
+
+
+def test_the_clears_a_check_plays_are_kept_for_repair(tmp_path: Path, monkeypatch) -> None:
+    from mario_cli.training import best_check
+
+    real_advance = best_check._Path.advance
+
+    def clears_after_five(self, info, done):  # stands in for a policy that clears
+        ended = real_advance(self, info, done)
+        return (True, self.max_x) if ended is None and self.steps == 5 else ended
+
+    monkeypatch.setattr(best_check._Path, "advance", clears_after_five)
+    cfg = MarioConfig.model_validate({"train": {"best_noop_max": 2}})
+    check = GreedyBestCheck(cfg, HoldRightAB(), torch.device("cpu"))
+    check.keep_clears = True
+    try:
+        score = check.score(None)
+        env = make_env(stage_env_config(cfg, check.specs[0]))
+        first_frames = {n: env.reset(options={"noop_frames": n})[0] for n in range(3)}
+        env.close()
+    finally:
+        check.close()
+    assert score.clears == 3 and sorted(p.noop for p in score.cleared) == [0, 1, 2]
+    for path in score.cleared:
+        assert path.stage == "1-1" and path.actions == [RIGHT_A_B] * 5
+        assert len(path.observations) == 5
+        assert (path.observations[0] == first_frames[path.noop]).all()  # before each step
+
+    from tests.test_repair import _repair_for
+
+    repair = _repair_for(tmp_path)
+    repair.keep_clears(score.cleared)
+    assert sorted(repair.cleared) == [("1-1", 0), ("1-1", 1), ("1-1", 2)]
+    assert not repair.repaired and all(not p.fixes for p in repair.paths)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,15 +38,28 @@ CLEAR_WEIGHT = 1_000_000
 
 
 @dataclass
+class ClearedPath:
+    """A start greedy play cleared: the observations before each step and its actions."""
+
+    stage: str  # the stage label, as repair keys its paths
+    noop: int
+    observations: list[np.ndarray]
+    actions: list[int]
+
+
+@dataclass
 class _Path:
-    """One start being played: its env and how far it got."""
+    """One start being played: its env, how far it got, and (to keep a clear) its steps."""
 
     stage: int
+    noop: int
     env: Any
     life: int
     max_x: int = 0
     since_best: int = 0
     steps: int = 0
+    observations: list[np.ndarray] = field(default_factory=list)
+    actions: list[int] = field(default_factory=list)
 
     def advance(self, info: dict[str, Any], done: bool) -> tuple[bool, int] | None:
         """Take one step's info; (cleared, max x) once the path has ended, else None."""
@@ -71,6 +84,7 @@ class GreedyScore:
     clears: int
     mean_max_x: float  # over the starts played
     seconds: float
+    cleared: list[ClearedPath] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def complete(self) -> bool:
@@ -160,6 +174,8 @@ class GreedyBestCheck:
         self.seconds = 0.0
         self._envs: list[Any] = []  # every env made, for close()
         self._free: dict[int, list[Any]] = {}  # per stage: envs no path is playing
+        self.keep_clears = False  # record the cleared paths (for greedy-path repair)
+        self._cleared: list[ClearedPath] = []
 
     def clear_rate_of(self, score: float) -> float:
         """The greedy clear rate inside a saved ``best.pt`` score."""
@@ -191,7 +207,7 @@ class GreedyBestCheck:
         self.seconds += seconds
         clears = sum(cleared for cleared, _ in ended)
         mean_x = float(np.mean([x for _, x in ended]))
-        return GreedyScore(total, len(ended), clears, mean_x, seconds)
+        return GreedyScore(total, len(ended), clears, mean_x, seconds, self._cleared)
 
     def _play_all(self, best_score: float | None) -> list[tuple[bool, int]]:
         """(cleared, max x) of each start played, ``PARALLEL_PATHS`` at a time in lockstep:
@@ -202,6 +218,7 @@ class GreedyBestCheck:
         obs: np.ndarray | None = None
         starts = torch.ones(width, device=self.device)
         ended: list[tuple[bool, int]] = []
+        self._cleared: list[ClearedPath] = []
         state = None
 
         def begin(row: int) -> None:
@@ -212,7 +229,7 @@ class GreedyBestCheck:
             if obs is None:
                 obs = np.zeros((width, *np.shape(first)), dtype=np.uint8)
             obs[row] = first
-            paths[row] = _Path(stage, env, int(info["life"]))
+            paths[row] = _Path(stage, noop, env, int(info["life"]))
             starts[row] = 1.0
 
         for row in range(width):
@@ -226,11 +243,20 @@ class GreedyBestCheck:
                 for row, path in enumerate(paths):
                     if path is None:
                         continue
-                    obs[row], _, terminated, truncated, info = path.env.step(int(actions[row]))
+                    action = int(actions[row])
+                    if self.keep_clears:
+                        path.observations.append(obs[row].copy())
+                        path.actions.append(action)
+                    obs[row], _, terminated, truncated, info = path.env.step(action)
                     outcome = path.advance(info, terminated or truncated)
                     if outcome is None:
                         continue
                     ended.append(outcome)
+                    if outcome[0] and self.keep_clears:
+                        label = self.specs[path.stage].label
+                        self._cleared.append(
+                            ClearedPath(label, path.noop, path.observations, path.actions)
+                        )
                     self._free[path.stage].append(path.env)
                     paths[row] = None
                     left = len(queue) + sum(p is not None for p in paths)

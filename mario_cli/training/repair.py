@@ -273,6 +273,12 @@ class PathRepair:
             _put_newest(self.cleared, key, path, self.settings.repair_cleared)
         self._batch = None
 
+    def keep_clears(self, cleared: list[Any]) -> None:
+        """Keep the clears another greedy check played (the best.pt check's
+        :class:`~mario_cli.training.best_check.ClearedPath`), as this check's own."""
+        for path in cleared:
+            self._keep((path.stage, path.noop), path.observations, path.actions, [])
+
     @property
     def paths(self) -> list[RepairedPath]:
         """Every kept path, cleared ones first."""

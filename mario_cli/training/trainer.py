@@ -265,6 +265,7 @@ class Trainer:
             self.repair = PathRepair(cfg, self.policy, self.optimiser, self.device)
         if cfg.train.best_by == GREEDY_BEST:
             self.best_check = GreedyBestCheck(cfg, self.policy, self.device)
+            self.best_check.keep_clears = self.repair is not None and cfg.repair.repair_best_clears
         if cfg.train.actors == "ray":
             from mario_cli.training.ray_actors import RaySession
 
@@ -655,9 +656,13 @@ class Trainer:
             self._best_metrics[names.BEST_STEP] = float(self.global_step)
             self.emit(CheckpointSaved(self.global_step, str(self.checkpoints.best_path), "best"))
         took = f"{score.seconds:.0f} s"
+        kept = ""
+        if self.repair is not None and score.cleared:
+            self.repair.keep_clears(score.cleared)
+            kept = f"; repair imitates its {len(score.cleared)} clear(s)"
         if saved:
-            return f"best check: {score.describe()} in {took}; saved as best.pt"
-        return f"best check: {score.describe()} in {took}; best.pt stays"
+            return f"best check: {score.describe()} in {took}; saved as best.pt{kept}"
+        return f"best check: {score.describe()} in {took}; best.pt stays{kept}"
 
     def _maybe_save_best(self, metrics: dict[str, float]) -> None:
         if self.best_check is not None:  # greedy checks choose best.pt
