@@ -419,7 +419,7 @@ class RepairConfig(Section):
         description="Cleared greedy paths kept besides them, one per stage and no-op start.",
     )
     repair_best_clears: bool = Field(
-        True, description="Also keep the clears of the best.pt checks (--best-by greedy)."
+        False, description="Also keep the clears of the best.pt checks (--best-by greedy)."
     )
 
     @field_validator("repair_lengths")
