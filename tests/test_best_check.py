@@ -74,6 +74,7 @@ def test_a_check_stops_when_it_cannot_or_very_likely_will_not_win() -> None:
     far = GreedyScore(31, 31, 0, 1_500.0, 0.0).value
     assert out_of_reach([(False, 1_300)] * 8, 23, far)
     assert not out_of_reach([(False, 1_400)] * 8, 23, far)
+    assert not out_of_reach([(True, 3_161)] + [(False, 300)] * 7, 23, far)  # a clear beats it
 
 
 def test_a_clear_outweighs_any_max_x_and_the_clears_come_back_out() -> None:
