@@ -460,11 +460,26 @@ class TrainConfig(Section):
     best_noop_max: int = Field(
         30, ge=0, description="The checks play 0..N no-op starts (mario eval's --noop-max)."
     )
+    best_revert_after: int = Field(
+        0,
+        ge=0,
+        description="Greedy checks in a row not beating best.pt before training goes back "
+        "to its weights (0: never).",
+    )
     run_name: str | None = Field(None, description="Run folder name (default: algo-stage-time).")
     artifacts_dir: Path = Field(Path("artifacts"), description="Where runs, videos, studies go.")
     init_model_path: Path | None = Field(None, description="Start from this checkpoint's weights.")
     allow_partial_init: bool = Field(False, description="Load only tensors whose shapes match.")
     wandb: bool = Field(False, description="Also log to Weights & Biases.")
+
+    @model_validator(mode="after")
+    def _revert_needs_greedy_checks(self) -> TrainConfig:
+        if self.best_revert_after and self.best_by != "greedy":
+            raise ValueError(
+                "best_revert_after goes back to the best.pt of greedy checks: "
+                "set best_by = greedy, or best_revert_after = 0"
+            )
+        return self
 
 
 class UiConfig(Section):

@@ -66,6 +66,7 @@ BEST_SECONDS = "best/seconds"  # wall-clock seconds of the checks so far
 BEST_CHECK_CLEAR_RATE = "best/check_clear_rate"  # the last complete check's greedy clear rate
 BEST_CLEAR_RATE = "best/clear_rate"  # best.pt's greedy clear rate over the eval starts
 BEST_STEP = "best/step"  # the agent step of best.pt's weights
+BEST_REVERTS = "best/reverts"  # times training went back to best.pt's weights
 
 # Ray actors (--actors ray)
 ACTORS_COUNT = "actors/count"  # actors delivering rollouts now

@@ -200,3 +200,49 @@ def test_the_clears_a_check_plays_are_kept_for_repair(tmp_path: Path, monkeypatc
     repair.keep_clears(score.cleared)
     assert sorted(repair.cleared) == [("1-1", 0), ("1-1", 1), ("1-1", 2)]
     assert not repair.repaired and all(not p.fixes for p in repair.paths)
+
+
+def test_training_goes_back_to_best_after_checks_that_do_not_beat_it(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from mario_cli.training.trainer import Trainer
+
+    scores = iter([GreedyScore(2, 2, 1, 1_000.0, 0.0)] + [GreedyScore(2, 2, 0, 90.0, 0.0)] * 4)
+    monkeypatch.setattr(GreedyBestCheck, "score", lambda self, best: next(scores))
+    cfg = tiny_config(
+        tmp_path,
+        train={"total_timesteps": 160, "best_check_every": 32, "best_revert_after": 2},
+        repair={"repair_every": 0},
+    )
+    weights: dict[int, dict[str, torch.Tensor]] = {}
+    events: list = []
+
+    def sink(event) -> None:
+        events.append(event)
+        if isinstance(event, IterationStats):  # emitted after the iteration's check
+            state = trainer.policy.state_dict()
+            weights[event.step] = {k: v.detach().clone() for k, v in state.items()}
+
+    trainer = Trainer(cfg, [sink])
+    trainer.train()
+    best = load_checkpoint(trainer.checkpoints.best_path)
+    assert best["global_step"] == 32
+
+    def same_as_best(step: int) -> bool:
+        return all(torch.equal(weights[step][k], v) for k, v in best["model"].items())
+
+    # Checks at 64 and 96 did not beat best.pt: after the second, its weights are back.
+    assert same_as_best(32) and not same_as_best(64) and same_as_best(96)
+    assert not same_as_best(128) and same_as_best(160)  # and again two checks later
+    reverts = [e.metrics["best/reverts"] for e in events if isinstance(e, IterationStats)]
+    assert reverts == [0, 0, 1, 1, 2]
+    notices = [e.message for e in events if isinstance(e, Notice) and "goes back" in e.message]
+    assert len(notices) == 2 and "best.pt's weights (step 32)" in notices[0]
+    assert trainer.global_step == 160  # the step count and schedules go on
+
+
+def test_going_back_to_best_needs_greedy_checks(tmp_path: Path) -> None:
+    from mario_cli.config import load_config
+
+    with pytest.raises(Exception, match="best_by = greedy"):
+        load_config(cli_overrides={"train": {"best_by": "rollout", "best_revert_after": 2}})
