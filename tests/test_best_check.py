@@ -246,3 +246,43 @@ def test_going_back_to_best_needs_greedy_checks(tmp_path: Path) -> None:
 
     with pytest.raises(Exception, match="best_by = greedy"):
         load_config(cli_overrides={"train": {"best_by": "rollout", "best_revert_after": 2}})
+
+
+def test_the_checks_stop_once_best_clears_every_start(tmp_path: Path, monkeypatch) -> None:
+    played: list[int] = []
+
+    def score(self, best):
+        played.append(len(played))
+        return GreedyScore(2, 2, 2, 3_161.0, 0.0)
+
+    monkeypatch.setattr(GreedyBestCheck, "score", score)
+    cfg = tiny_config(
+        tmp_path,
+        train={"total_timesteps": 128, "best_check_every": 32, "best_noop_max": 1},
+        repair={"repair_every": 0},
+    )
+    trainer, events = train(cfg)
+    assert played == [0]  # due at 32, 64, 96 and 128: only the first is played
+    notices = [e.message for e in events if isinstance(e, Notice) and "best check" in e.message]
+    assert len(notices) == 2 and "saved as best.pt" in notices[0]
+    assert "clears all 2 eval starts" in notices[1] and "no more best checks" in notices[1]
+    stats = [e for e in events if isinstance(e, IterationStats)]
+    assert stats[-1].metrics["best/clear_rate"] == 1.0
+    assert load_checkpoint(trainer.checkpoints.best_path)["global_step"] == 32
+
+
+def test_a_check_that_ties_best_does_not_send_training_back(tmp_path: Path, monkeypatch) -> None:
+    scores = iter([GreedyScore(2, 2, 2, 3_161.0, 0.0)] * 4)
+    monkeypatch.setattr(GreedyBestCheck, "score", lambda self, best: next(scores))
+    cfg = tiny_config(
+        tmp_path,
+        train={"total_timesteps": 128, "best_check_every": 32, "best_revert_after": 1},
+        repair={"repair_every": 0},
+    )
+    trainer, events = train(cfg)
+    checks = [e.message for e in events if isinstance(e, Notice) and "best check" in e.message]
+    assert len(checks) == 4  # with --best-revert-after the checks go on past a perfect best.pt
+    assert all("as good as best.pt, which stays" in m for m in checks[1:])
+    stats = [e for e in events if isinstance(e, IterationStats)]
+    assert stats[-1].metrics["best/reverts"] == 0
+    assert load_checkpoint(trainer.checkpoints.best_path)["global_step"] == 32

@@ -206,6 +206,7 @@ class Trainer:
         self.best_check: GreedyBestCheck | None = None  # --best-by greedy
         self._best_metrics: dict[str, float] = {}
         self._checks_since_best = 0  # greedy checks in a row that did not beat best.pt
+        self._best_settled = False  # best.pt clears every eval start: no check can beat it
 
     # ----------------------------------------------------------------- events
     def _note(self, message: str) -> None:
@@ -574,7 +575,7 @@ class Trainer:
                 background.publish(self.policy, self.iteration + 1)
             self.global_step += rollout_size
             self.iteration += 1
-            if self.best_check is not None and self.best_check.due(self.global_step):
+            if self._best_check_due():
                 with self.timer("best"):
                     notices.append(self._greedy_best())
             if self.best_check is not None:
@@ -644,10 +645,28 @@ class Trainer:
     def _rollout_metrics(self) -> dict[str, float]:
         return rollout_metrics(list(self.episodes), self.cfg.env.settings_of("restarts").share > 0)
 
-    def _greedy_best(self) -> str:
-        """Score the weights by greedy play from every eval start; keep them if best."""
+    def _best_check_due(self) -> bool:
         check = self.best_check
-        score = check.score(self.checkpoints.best_score_by(GREEDY_BEST))
+        return check is not None and not self._best_settled and check.due(self.global_step)
+
+    def _greedy_best(self) -> str:
+        """Score the weights by greedy play from every eval start; keep them if best.
+
+        Once best.pt clears every eval start, a check can at most tie it, and on 1-1
+        such a check plays all 31 starts to the flag (~85 s of every ~5 minutes here):
+        the checks stop then, unless ``best_revert_after`` needs them to watch the
+        current weights.
+        """
+        check = self.best_check
+        best_score = self.checkpoints.best_score_by(GREEDY_BEST)
+        perfect = best_score is not None and check.clear_rate_of(best_score) >= 1.0
+        if perfect and not self.cfg.train.best_revert_after:
+            self._best_settled = True
+            return (
+                f"best check: best.pt clears all {len(check.starts)} eval starts (a check "
+                "could only tie it); no more best checks this run"
+            )
+        score = check.score(best_score)
         payload = self._payload(with_optimiser=False)
         saved = score.complete and self.checkpoints.save_best(payload, score.value, GREEDY_BEST)
         self._best_metrics[names.BEST_CHECKS] = float(check.checks)
@@ -666,6 +685,11 @@ class Trainer:
         if saved:
             self._checks_since_best = 0
             return f"best check: {score.describe()} in {took}; saved as best.pt{kept}"
+        if score.complete and best_score is not None and score.value >= best_score:
+            self._checks_since_best = 0  # as good as best.pt: nothing to go back for
+            return (
+                f"best check: {score.describe()} in {took}; as good as best.pt, which stays{kept}"
+            )
         self._checks_since_best += 1
         return f"best check: {score.describe()} in {took}; best.pt stays{kept}{self._revert()}"
 
