@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -375,3 +376,28 @@ def test_build_policy_with_core(core_name: str) -> None:
     with torch.no_grad():
         actions, _, _, state = policy.act(_obs(2), state, torch.ones(2))
     assert actions.shape == (2,)
+
+
+@pytest.mark.parametrize("backbone", ["nature", "impala"])
+def test_cpu_policy_has_nhwc_conv_weights_and_same_outputs(backbone: str) -> None:
+    """On the CPU the policy's conv weights are channels-last (faster oneDNN kernels);
+    its outputs and a checkpoint round trip equal those of the plain layout."""
+    from mario_cli.config import load_config
+    from mario_cli.training.builders import build_policy
+
+    cfg = load_config(cli_overrides={"model": {"backbone": backbone}}, environ={})
+    torch.manual_seed(0)
+    policy, _ = build_policy(cfg, OBS_SHAPE, 7, torch.device("cpu"))
+    convs = [m for m in policy.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    plain = copy.deepcopy(policy).to(memory_format=torch.contiguous_format)
+    assert all(m.weight.is_contiguous() for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
+    obs = _obs(5)
+    with torch.no_grad():
+        fast, slow = policy(obs), plain(obs)
+    torch.testing.assert_close(fast.logits, slow.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast.value, slow.value, atol=1e-4, rtol=1e-4)
+    reloaded, _ = build_policy(cfg, OBS_SHAPE, 7, torch.device("cpu"))
+    reloaded.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(obs).logits, fast.logits, atol=1e-4, rtol=1e-4)

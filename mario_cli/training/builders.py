@@ -51,7 +51,12 @@ def build_policy(
         sigma0=cfg.model.noisy_sigma0,
         jump_factors=factors,
     )
-    return policy.to(device), name
+    policy = policy.to(device)
+    if device.type == "cpu":
+        # oneDNN's convolutions run faster on NHWC weights: the update of the default
+        # Nature-CNN measured 1.2-1.6x faster on CPU (see README, Performance)
+        policy = policy.to(memory_format=torch.channels_last)
+    return policy, name
 
 
 def replay_name(cfg: MarioConfig) -> str | None:
