@@ -653,7 +653,7 @@ class Trainer:
         """Score the weights by greedy play from every eval start; keep them if best.
 
         Once best.pt clears every eval start, a check can at most tie it, and on 1-1
-        such a check plays all 31 starts to the flag (~85 s of every ~5 minutes here):
+        such a check plays all 31 starts to the flag (84-114 s per check here):
         the checks stop then, unless ``best_revert_after`` needs them to watch the
         current weights.
         """
