@@ -166,3 +166,36 @@ def test_set_by_path_validates() -> None:
         set_by_path(cfg, "algo.gamma", 3.0)
     with pytest.raises(ConfigError, match="unknown config key"):
         set_by_path(cfg, "algo.nope", 1)
+
+
+def test_before_issue_14_config_turns_off_only_the_learning_levers() -> None:
+    # README compares the defaults with this file on a second stage: it must load, and
+    # differ from today's defaults in exactly the levers issue 14 added.
+    cfg = load_config(REPO / "docs" / "configs" / "before-issue-14.toml", environ={})
+    assert cfg.env.jump_press is False
+    assert "restarts" not in cfg.env.wrappers
+    assert cfg.env.restarts.share == 0.0 and cfg.env.restarts.greedy_share == 0.0
+    assert cfg.algo.ent_coef == cfg.algo.ent_coef_final == 0.01
+    assert cfg.repair.repair_every == 0
+    assert cfg.train.best_by == "rollout"
+
+    def flat(data: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in data.items():
+            if isinstance(value, dict):
+                out |= flat(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    before, now = flat(cfg.to_dict()), flat(MarioConfig().to_dict())
+    changed = {key for key in now if before[key] != now[key]}
+    assert changed == {
+        "env.jump_press",
+        "env.wrappers",
+        "env.restarts.share",
+        "env.restarts.greedy_share",
+        "algo.ent_coef",
+        "repair.repair_every",
+        "train.best_by",
+    }
