@@ -1,8 +1,11 @@
 """How evaluation episodes start and which policy plays them (no torch: the CLI imports it).
 
 The NES is deterministic: from the same start, greedy play is the same episode every
-time. As in the Atari protocol, each episode first waits a seeded random number of
-no-op frames, so episode *i* under seed *s* is reproducible and episodes differ.
+time. As in the Atari protocol, each episode first waits a number of no-op frames.
+The waits 0..noop_max are dealt in a seeded order, each once before any comes again,
+so an eval's episodes start from distinct states while the starts last (drawing them
+independently would replay some starts and skip others), and episode *i* under seed
+*s* is reproducible.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from mario_cli.errors import ConfigError
 
 POLICIES = ("greedy", "stochastic", "both")
 DEFAULT_NOOP_MAX = 30
-START_PROTOCOL = "stage start, then a seeded random 0..noop_max no-op frames"
+START_PROTOCOL = "stage start, then 0..noop_max no-op frames, each once in a seeded order"
+# What results written before the waits were dealt once each say: each episode drew its
+# wait independently, so some starts were played twice and others not at all.
+DRAWN_START_PROTOCOL = "stage start, then a seeded random 0..noop_max no-op frames"
 
 
 def check_policy(policy: str) -> list[str]:
@@ -31,11 +37,17 @@ def check_noop_max(noop_max: int) -> int:
     return noop_max
 
 
-def noop_frames(seed: int, noop_max: int) -> int:
-    """The no-op frames the episode with ``seed`` waits at the stage start (0..noop_max)."""
+def episode_noops(seed: int, episode: int, noop_max: int) -> int:
+    """The no-op frames episode ``episode`` (from 0) of an eval under ``seed`` waits.
+
+    Episodes 0..noop_max get every wait in 0..noop_max once, in an order drawn from
+    ``seed``; later episodes go round again in a new order.
+    """
     if noop_max <= 0:
         return 0
-    return int(np.random.default_rng(seed).integers(0, noop_max + 1))
+    starts = noop_max + 1
+    round_, place = divmod(episode, starts)
+    return int(np.random.default_rng([seed, round_]).permutation(starts)[place])
 
 
 def start_protocol(noop_max: int, seed: int) -> dict[str, Any]:
@@ -46,7 +58,12 @@ def start_protocol(noop_max: int, seed: int) -> dict[str, Any]:
 def describe_start(start: dict[str, Any]) -> str:
     if start["noop_max"] == 0:
         return "from the stage start, no no-op frames"
+    if start.get("protocol") == DRAWN_START_PROTOCOL:
+        return (
+            f"from the stage start after a seeded random 0..{start['noop_max']} no-op frames "
+            f"(episode i seeded {start['seed']} + i, drawn independently)"
+        )
     return (
-        f"from the stage start after 0..{start['noop_max']} no-op frames "
-        f"(episode i seeded {start['seed']} + i)"
+        f"from the stage start after 0..{start['noop_max']} no-op frames, "
+        f"each once in an order seeded {start['seed']}"
     )

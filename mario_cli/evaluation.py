@@ -18,7 +18,7 @@ from mario_cli.eval_protocol import (
     DEFAULT_NOOP_MAX,
     check_noop_max,
     check_policy,
-    noop_frames,
+    episode_noops,
     start_protocol,
 )
 from mario_cli.runs import resolve_run
@@ -105,16 +105,15 @@ def play_episode(
     max_steps: int,
     seed: int,
     on_step: Callable[[dict[str, Any]], None] | None = None,
-    noop_max: int = 0,
+    noop_frames: int = 0,
 ) -> dict[str, Any]:
     """One episode from the stage start; returns {return, length, max_x_pos, cleared, ...}.
 
-    The episode first waits ``noop_frames(seed, noop_max)`` frames: the NES is
-    deterministic, so without it every greedy episode is the same episode.
+    The episode first waits ``noop_frames`` frames (see ``episode_noops``): the NES is
+    deterministic, so without a wait every greedy episode is the same episode.
     """
     torch.manual_seed(seed)
-    waited = noop_frames(seed, noop_max)
-    obs, info = env.reset(seed=seed, options={"noop_frames": waited})
+    obs, info = env.reset(seed=seed, options={"noop_frames": noop_frames})
     state, start, total, length = None, True, 0.0, 0
     while True:
         action, value, state = agent.act(obs, state, start, greedy)
@@ -134,7 +133,7 @@ def play_episode(
         "stage": info["stage_name"],
         "policy": "greedy" if greedy else "stochastic",
         "seed": seed,
-        "noop_frames": waited,
+        "noop_frames": noop_frames,
     }
 
 
@@ -145,7 +144,7 @@ class EpisodeJob:
     greedy: bool
     max_steps: int
     seed: int
-    noop_max: int = 0
+    noop_frames: int = 0
 
 
 # Per worker process: the agents and envs of the checkpoints it played last.
@@ -171,7 +170,9 @@ def _play_jobs(indexed: list[tuple[int, EpisodeJob]]) -> list[tuple[int, dict[st
     results = []
     for index, job in indexed:
         agent, env = _agent_and_env(job)
-        episode = play_episode(agent, env, job.greedy, job.max_steps, job.seed, None, job.noop_max)
+        episode = play_episode(
+            agent, env, job.greedy, job.max_steps, job.seed, None, job.noop_frames
+        )
         results.append((index, episode))
     return results
 
@@ -248,9 +249,11 @@ def episode_jobs(
     noop_max: int,
     overrides: dict[str, Any],
 ) -> list[EpisodeJob]:
-    """Episode i of each policy uses seed + i: the same start for greedy and stochastic."""
+    """Episode i of each policy uses seed + i and ``episode_noops(seed, i, noop_max)``:
+    the same start for greedy and stochastic, distinct starts while they last."""
+    waits = [episode_noops(seed, i, noop_max) for i in range(episodes)]
     return [
-        EpisodeJob(str(checkpoint), overrides, policy == "greedy", max_steps, seed + i, noop_max)
+        EpisodeJob(str(checkpoint), overrides, policy == "greedy", max_steps, seed + i, waits[i])
         for policy in policies
         for i in range(episodes)
     ]

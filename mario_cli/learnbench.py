@@ -320,12 +320,59 @@ def median_over_seeds(seeds: list[dict[str, Any]], policies: list[str]) -> dict[
     return {"points": points, "milestones": reached}
 
 
+def training_of(seed: dict[str, Any]) -> SeedTraining:
+    """A finished seed of a result as ``evaluate_points`` takes it: its kept snapshots."""
+    points = []
+    for point in seed["points"]:
+        kept = {key: point[key] for key in ("steps", "minutes", "checkpoint")}
+        if BEST in point and "checkpoint" in point[BEST]:
+            kept |= {"best_checkpoint": point[BEST]["checkpoint"], "best_step": point[BEST]["step"]}
+        points.append(kept)
+    return SeedTraining(
+        seed=seed["seed"],
+        run_name=seed["run"],
+        run_dir=seed["run_dir"],
+        status=seed["status"],
+        points=points,
+        steps=seed["steps"],
+        minutes=seed["minutes"],
+    )
+
+
+def missing_snapshots(result: dict[str, Any]) -> list[str]:
+    """The snapshot files a result's eval points name that are no longer there."""
+    named = [
+        path
+        for seed in result["seeds"]
+        for point in training_of(seed).points
+        for path in (point["checkpoint"], point.get("best_checkpoint"))
+        if path is not None
+    ]
+    return [path for path in named if not Path(path).is_file()]
+
+
+def evaluated_again(earlier: dict[str, Any], settings: BenchSettings) -> dict[str, Any]:
+    """A new result with ``earlier``'s training and no seeds yet, to be evaluated under
+    ``settings``; it names where it came from and the load while it is evaluated."""
+    result = new_result(settings, earlier["env_id"], earlier["config"], earlier["variant"])
+    result |= {key: earlier[key] for key in ("budget", "eval_every")}
+    result["machine"] = dict(earlier["machine"])  # the load while it trained
+    result["evaluated_again"] = {
+        "from": earlier["name"],
+        "earlier_eval": earlier["eval"],
+        "loadavg_start": list(os.getloadavg()),
+    }
+    return result
+
+
 # ------------------------------------------------------------------- results
-def new_result(settings: BenchSettings, cfg: MarioConfig, variant: dict[str, Any]) -> dict:
+def new_result(
+    settings: BenchSettings, env_id: str, config: dict[str, Any], variant: dict[str, Any]
+) -> dict:
     return {
         "name": settings.name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "env_id": cfg.env.env_id,
+        "env_id": env_id,
         "budget": settings.budget.to_dict(),
         "eval_every": settings.eval_every.to_dict(),
         "eval": {
@@ -336,7 +383,7 @@ def new_result(settings: BenchSettings, cfg: MarioConfig, variant: dict[str, Any
             "after_training": True,
         },
         "variant": variant,
-        "config": cfg.to_dict(),
+        "config": config,
         "machine": {"cpu_count": os.cpu_count(), "loadavg_start": list(os.getloadavg())},
         "seeds": [],
         "median": {"points": [], "milestones": {}},
@@ -367,7 +414,6 @@ def add_seed(
         }
     )
     result["median"] = median_over_seeds(result["seeds"], result_columns(result))
-    result["machine"]["loadavg_end"] = list(os.getloadavg())
 
 
 def write_result(result: dict[str, Any], folder: Path) -> Path:

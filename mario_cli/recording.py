@@ -60,10 +60,12 @@ def collect_frames(
 ) -> tuple[list[np.ndarray], int]:
     """``duration * fps`` RGB frames of game time, episode after episode; and the episodes.
 
-    Episodes start as in ``mario eval``: episode i waits the no-op frames of seed + i.
+    Episodes start as in ``mario eval``: episode i uses seed + i and the i-th wait of
+    ``episode_noops``.
     """
     from mario_cli.envs import make_env
     from mario_cli.envs.stages import action_names
+    from mario_cli.eval_protocol import episode_noops
     from mario_cli.evaluation import play_episode
 
     if not 1 <= fps <= NES_FPS:
@@ -102,7 +104,8 @@ def collect_frames(
         while len(frames) < wanted:
             episodes += 1
             try:
-                play_episode(agent, env, greedy, 1_000_000, seed + episodes - 1, on_step, noop_max)
+                wait = episode_noops(seed, episodes - 1, noop_max)
+                play_episode(agent, env, greedy, 1_000_000, seed + episodes - 1, on_step, wait)
             except _Filled:
                 break
     finally:

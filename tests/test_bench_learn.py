@@ -9,6 +9,7 @@ import pytest
 
 from mario_cli.config import load_config
 from mario_cli.errors import ConfigError
+from mario_cli.eval_protocol import START_PROTOCOL
 from mario_cli.learnbench import (
     Amount,
     BenchSettings,
@@ -195,6 +196,41 @@ def test_bench_learn_json_has_every_field_and_writes_the_plot(tmp_path: Path) ->
 
     again = run_mario("bench", "learn", "--steps", "256", "--name", "tiny", *TINY)
     assert again.returncode == 2 and "exists; pick another --name" in again.stderr
+
+    # learn-eval: the same snapshots played again, without training
+    same = json.loads(run_mario("bench", "learn-eval", "tiny", "--json").stdout)
+    assert same["name"] == "tiny-eval" and same["evaluated_again"]["from"] == "tiny"
+    assert same["seeds"] == data["seeds"]  # evaluation is reproducible
+    assert same["machine"] == data["machine"]  # the load while it trained
+    other = run_mario(
+        "bench", "learn-eval", "tiny", "--name", "tiny-3", "--eval-episodes", "3",
+        "--policy", "greedy", "--noop-max", "0", "--json",
+    )  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    redone = json.loads(other.stdout)
+    assert redone["evaluated_again"]["earlier_eval"] == data["eval"]
+    assert redone["eval"]["episodes"] == 3 and redone["eval"]["policy"] == "greedy"
+    assert redone["eval"]["start"] == {"protocol": START_PROTOCOL, "noop_max": 0, "seed": 0}
+    for before, after in zip(data["seeds"], redone["seeds"], strict=True):
+        assert (after["run"], after["steps"], after["minutes"]) == (
+            before["run"], before["steps"], before["minutes"],
+        )  # fmt: skip
+        for old, new in zip(before["points"], after["points"], strict=True):
+            assert set(new) == {"steps", "minutes", "checkpoint", "greedy", "best"}
+            assert (new["steps"], new["checkpoint"]) == (old["steps"], old["checkpoint"])
+            assert new["best"]["step"] == old["best"]["step"]
+            assert new["best"]["checkpoint"] == old["best"]["checkpoint"]
+            assert set(new["greedy"]) == POLICY_KEYS
+    assert Path(redone["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = run_mario("bench", "learn-eval", "tiny", "--name", "tiny-4", env=wide)
+    assert table.returncode == 0, table.stderr
+    assert "evaluated again from tiny (which played 2 episodes" in table.stdout
+    taken = run_mario("bench", "learn-eval", "tiny", "--name", "tiny-3")
+    assert taken.returncode == 2 and "exists; pick another --name" in taken.stderr
+    Path(data["seeds"][1]["points"][0]["best"]["checkpoint"]).unlink()
+    gone = run_mario("bench", "learn-eval", "tiny", "--name", "tiny-5")
+    assert gone.returncode != 0 and "1 snapshot(s) of tiny are gone" in gone.stderr
+    assert len(gone.stderr.strip().splitlines()) == 1 and "Traceback" not in gone.stderr
 
 
 def test_an_interrupted_seed_keeps_its_eval_points(tmp_path: Path) -> None:

@@ -104,9 +104,7 @@ def test_a_check_scores_what_mario_eval_sees_and_stops_once_it_cannot_win() -> N
         agent = Agent(policy, cfg, Path("none.pt"))
         xs = []
         for noop in range(4):
-            # play_episode draws the no-op count from the seed: find a seed per count
-            seed = next(s for s in range(1000) if _noop_of(s) == noop)
-            xs.append(play_episode(agent, env, True, 5000, seed, noop_max=3)["max_x_pos"])
+            xs.append(play_episode(agent, env, True, 5000, noop, noop_frames=noop)["max_x_pos"])
         env.close()
         assert score.mean_max_x == pytest.approx(sum(xs) / 4, abs=2)
 
@@ -118,12 +116,6 @@ def test_a_check_scores_what_mario_eval_sees_and_stops_once_it_cannot_win() -> N
         assert check.checks == 2 and check.seconds > 0
     finally:
         check.close()
-
-
-def _noop_of(seed: int) -> int:
-    from mario_cli.eval_protocol import noop_frames
-
-    return noop_frames(seed, 3)
 
 
 def test_best_of_another_kind_is_replaced_by_the_first_greedy_score(tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ def test_ten_greedy_episodes_differ_and_a_seed_repeats_them(trained: Path) -> No
     outcomes = {_outcome(e) for e in first["per_episode"]}
     assert len(outcomes) > 1  # the no-op starts make greedy episodes differ
     waits = [e["noop_frames"] for e in first["per_episode"]]
-    assert all(0 <= w <= 30 for w in waits) and len(set(waits)) > 1
+    assert all(0 <= w <= 30 for w in waits) and len(set(waits)) == 10  # distinct starts
     assert [e["seed"] for e in first["per_episode"]] == list(range(3, 13))
     flat = evaluate(model, 10, "greedy", seed=3, workers=2, noop_max=0)
     assert len({_outcome(e) for e in flat["per_episode"]}) == 1  # the deterministic NES
@@ -89,8 +89,8 @@ def test_stochastic_episodes_are_their_seeds_own_on_any_number_of_workers(traine
     assert [e["seed"] for e in pooled] == list(range(3, 13))
     alone = evaluate(model, 10, "stochastic", seed=3, workers=1)["per_episode"]
     assert pooled == alone
-    shifted = evaluate(model, 9, "stochastic", seed=4, workers=1)["per_episode"]
-    assert shifted == pooled[1:]  # episode i is seed + i, wherever it is played
+    fewer = evaluate(model, 9, "stochastic", seed=3, workers=1)["per_episode"]
+    assert fewer == pooled[:9]  # episode i is the same however many are played
 
 
 def test_greedy_eval_says_when_every_episode_was_the_same(trained: Path) -> None:

@@ -15,7 +15,7 @@ from mario_cli import metric_names as names
 from mario_cli.cli.console import console, err_console
 from mario_cli.cli.options import config_options, config_path_option
 from mario_cli.config import load_config
-from mario_cli.errors import ConfigError
+from mario_cli.errors import ConfigError, MarioError
 from mario_cli.eval_protocol import DEFAULT_NOOP_MAX
 
 app = typer.Typer(help="Measure throughput on this machine.", no_args_is_help=True)
@@ -159,7 +159,9 @@ def learn(
     eval_episodes: int = typer.Option(20, "--eval-episodes", help="Episodes per eval point."),
     policy: str = typer.Option("both", "--policy", help="greedy, stochastic or both."),
     noop_max: int = typer.Option(
-        DEFAULT_NOOP_MAX, "--noop-max", help="Eval start: seeded random 0..N no-op frames."
+        DEFAULT_NOOP_MAX,
+        "--noop-max",
+        help="Eval start: 0..N no-op frames, each once in a seeded order.",
     ),
     eval_max_steps: int = typer.Option(5000, "--eval-max-steps", help="Step limit per episode."),
     eval_workers: int = typer.Option(0, "--eval-workers", help="Eval processes (0: one per core)."),
@@ -188,7 +190,6 @@ def learn(
         make_budget,
         new_result,
         parse_amount,
-        plot_seeds,
         train_seed,
         write_result,
     )
@@ -220,7 +221,7 @@ def learn(
     settings.check()
     if settings.folder.exists():
         raise ConfigError(f"{settings.folder} exists; pick another --name")
-    result = new_result(settings, cfg, variant)
+    result = new_result(settings, cfg.env.env_id, cfg.to_dict(), variant)
     out = err_console if as_json else console
     out.print(
         f"bench learn {settings.name}: {len(settings.seeds)} seed(s) x {budget.describe()} on "
@@ -269,13 +270,111 @@ def learn(
                 on_episode=lambda done, total, t=eval_task: progress.update(t, completed=done),
             )
             add_seed(result, training, points, settings.policies)
+            result["machine"]["loadavg_end"] = list(os.getloadavg())
             result["interrupted"] = training.status == "interrupted"
             write_result(result, settings.folder)
             if result["interrupted"]:
                 out.print("[yellow]interrupted: kept the seeds evaluated so far[/]")
                 break
-    result["plot"] = str(plot_seeds(result, settings.folder / "learn.png"))
-    path = write_result(result, settings.folder)
+    _finish_learn_result(result, settings.folder, as_json)
+
+
+@app.command("learn-eval")
+def learn_eval(
+    earlier: str = typer.Argument(..., help="A bench-learn name, folder or result.json."),
+    name: str | None = typer.Option(
+        None, "--name", help="Result folder under artifacts/bench (default: NAME-eval)."
+    ),
+    eval_episodes: int | None = typer.Option(
+        None, "--eval-episodes", help="Episodes per eval point (default: as before)."
+    ),
+    policy: str | None = typer.Option(
+        None, "--policy", help="greedy, stochastic or both (default: as before)."
+    ),
+    noop_max: int = typer.Option(
+        DEFAULT_NOOP_MAX, "--noop-max", help="Eval start: 0..N no-op frames, each once."
+    ),
+    eval_max_steps: int | None = typer.Option(
+        None, "--eval-max-steps", help="Step limit per episode (default: as before)."
+    ),
+    eval_workers: int = typer.Option(0, "--eval-workers", help="Eval processes (0: one per core)."),
+    artifacts_dir: Path = typer.Option(Path("artifacts"), "--artifacts-dir", help="Runs root."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Evaluate an earlier `bench learn` result's eval points again, without training.
+
+    Its kept snapshots are played under today's start protocol, with more episodes or
+    another policy if asked; the training (minutes, steps, best.pt) is the earlier one.
+    """
+    from mario_cli.learnbench import (
+        Amount,
+        BenchSettings,
+        add_seed,
+        evaluate_points,
+        evaluated_again,
+        load_result,
+        missing_snapshots,
+        training_of,
+        write_result,
+    )
+
+    before = load_result(earlier, artifacts_dir)
+    settings = BenchSettings(
+        name=name or f"{before['name']}-eval",
+        budget=Amount(*next(iter(before["budget"].items()))),
+        eval_every=Amount(*next(iter(before["eval_every"].items()))),
+        seeds=[seed["seed"] for seed in before["seeds"]],
+        eval_episodes=eval_episodes or before["eval"]["episodes"],
+        policy=policy or before["eval"]["policy"],
+        noop_max=noop_max,
+        eval_max_steps=eval_max_steps or before["eval"]["max_steps"],
+        workers=eval_workers or (os.cpu_count() or 1),
+        artifacts=artifacts_dir,
+    )
+    settings.check()
+    if not before["seeds"]:
+        raise MarioError(f"{before['name']} has no finished seed to evaluate")
+    if settings.folder.exists():
+        raise ConfigError(f"{settings.folder} exists; pick another --name")
+    missing = missing_snapshots(before)
+    if missing:
+        raise MarioError(
+            f"{len(missing)} snapshot(s) of {before['name']} are gone (e.g. {missing[0]}); "
+            "run from the folder it was trained in, or train it again with `mario bench learn`"
+        )
+    result = evaluated_again(before, settings)
+    out = err_console if as_json else console
+    out.print(
+        f"bench learn-eval {settings.name}: {before['name']}'s eval points again, "
+        f"{settings.eval_episodes} episodes, {settings.policy}; load {os.getloadavg()[0]:.2f}",
+        highlight=False,
+    )
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=out
+    ) as progress:
+        for seed in before["seeds"]:
+            training = training_of(seed)
+            columns = len(settings.policies) + any("best_checkpoint" in p for p in training.points)
+            task = progress.add_task(
+                f"seed {training.seed} eval",
+                total=len(training.points) * settings.eval_episodes * columns,
+            )
+            points = evaluate_points(
+                training,
+                settings,
+                on_episode=lambda done, total, t=task: progress.update(t, completed=done),
+            )
+            add_seed(result, training, points, settings.policies)
+            write_result(result, settings.folder)
+    _finish_learn_result(result, settings.folder, as_json)
+
+
+def _finish_learn_result(result: dict[str, Any], folder: Path, as_json: bool) -> None:
+    """Plot and write a bench-learn result; print it as JSON or as tables."""
+    from mario_cli.learnbench import plot_seeds, write_result
+
+    result["plot"] = str(plot_seeds(result, folder / "learn.png"))
+    path = write_result(result, folder)
     if as_json:
         print(json.dumps(result, default=str))
         return
@@ -336,6 +435,15 @@ def print_learn_table(result: dict[str, Any]) -> None:
         f"after training; load {result['machine']['loadavg_start'][0]:.2f} at the start",
         highlight=False,
     )
+    again = result.get("evaluated_again")
+    if again:
+        earlier = again["earlier_eval"]
+        console.print(
+            f"evaluated again from {again['from']} (which played {earlier['episodes']} "
+            f"episodes {describe_start(earlier['start'])}); load "
+            f"{again['loadavg_start'][0]:.2f} when evaluated",
+            highlight=False,
+        )
     if BEST in policies:
         console.print(
             f"{BEST}: greedy play of the run's best.pt at that point, which is what "

@@ -28,7 +28,7 @@ def noop_max_option() -> Any:
     return typer.Option(
         DEFAULT_NOOP_MAX,
         "--noop-max",
-        help="Each episode waits a seeded random 0..N no-op frames at the stage start.",
+        help="Episodes wait 0..N no-op frames at the stage start, each once in a seeded order.",
     )
 
 
@@ -239,6 +239,7 @@ def _render(
             "use `mario record` to make a video instead"
         )
     from mario_cli.envs import make_env
+    from mario_cli.eval_protocol import episode_noops
     from mario_cli.evaluation import load_agent, play_episode
 
     try:
@@ -252,7 +253,8 @@ def _render(
     core.on_frame = lambda frame: viewer.show(frame)
     try:
         for episode in range(n):
-            result = play_episode(agent, env, greedy, max_steps, seed + episode, None, noop_max)
+            wait = episode_noops(seed, episode, noop_max)
+            result = play_episode(agent, env, greedy, max_steps, seed + episode, None, wait)
             console.print(f"episode {episode + 1}: {result}", highlight=False)
     finally:
         viewer.close()

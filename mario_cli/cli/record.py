@@ -27,7 +27,7 @@ def record(
     noop_max: int = typer.Option(
         DEFAULT_NOOP_MAX,
         "--noop-max",
-        help="Each episode waits a seeded random 0..N no-op frames at the stage start.",
+        help="Episodes wait 0..N no-op frames at the stage start, each once in a seeded order.",
     ),
     scale: int = typer.Option(2, "--scale", help="Integer upscale of the 256x240 screen."),
     overlay: bool = typer.Option(False, "--overlay", help="Draw x, action, value and episode."),

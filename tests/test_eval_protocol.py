@@ -1,0 +1,55 @@
+"""The eval start protocol: which no-op waits an eval's episodes get."""
+
+from __future__ import annotations
+
+import pytest
+
+from mario_cli.errors import ConfigError
+from mario_cli.eval_protocol import (
+    DRAWN_START_PROTOCOL,
+    check_noop_max,
+    describe_start,
+    episode_noops,
+    start_protocol,
+)
+
+
+def test_every_wait_comes_once_before_any_comes_again() -> None:
+    first_round = [episode_noops(0, i, 30) for i in range(31)]
+    second_round = [episode_noops(0, i, 30) for i in range(31, 62)]
+    assert sorted(first_round) == list(range(31))
+    assert sorted(second_round) == list(range(31))
+    assert first_round != second_round  # each round is dealt in a new order
+    assert first_round != sorted(first_round)  # and the order is not just 0, 1, 2, ...
+    twenty = first_round[:20]
+    assert len(set(twenty)) == 20  # mario eval's default 20 episodes: 20 distinct starts
+
+
+def test_the_order_is_the_seeds_own() -> None:
+    assert [episode_noops(7, i, 30) for i in range(20)] == [
+        episode_noops(7, i, 30) for i in range(20)
+    ]
+    assert [episode_noops(7, i, 30) for i in range(20)] != [
+        episode_noops(8, i, 30) for i in range(20)
+    ]
+
+
+def test_no_waits_when_noop_max_is_zero_and_bad_values_say_the_fix() -> None:
+    assert {episode_noops(3, i, 0) for i in range(5)} == {0}
+    assert sorted(episode_noops(3, i, 1) for i in range(2)) == [0, 1]
+    assert check_noop_max(0) == 0
+    with pytest.raises(ConfigError, match="must be 0 or more"):
+        check_noop_max(-1)
+
+
+def test_results_say_how_episodes_started() -> None:
+    start = start_protocol(30, 5)
+    assert start["noop_max"] == 30 and start["seed"] == 5
+    assert "each once" in start["protocol"]
+    assert describe_start(start) == (
+        "from the stage start after 0..30 no-op frames, each once in an order seeded 5"
+    )
+    assert describe_start(start_protocol(0, 5)) == "from the stage start, no no-op frames"
+    # results from before the waits were dealt once each still say how they started
+    earlier = {"protocol": DRAWN_START_PROTOCOL, "noop_max": 30, "seed": 0}
+    assert "drawn independently" in describe_start(earlier)
