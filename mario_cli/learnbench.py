@@ -54,6 +54,11 @@ class Amount:
     def to_dict(self) -> dict[str, float]:
         return {self.unit: self.value}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, float]) -> Amount:
+        ((unit, value),) = data.items()
+        return cls(unit, float(value))
+
 
 def parse_amount(text: str, flag: str = "--eval-every") -> Amount:
     """``5m`` / ``5min`` are minutes; ``50000`` / ``50k`` are agent steps."""

@@ -225,6 +225,10 @@ def test_bench_learn_json_has_every_field_and_writes_the_plot(tmp_path: Path) ->
     table = run_mario("bench", "learn-eval", "tiny", "--name", "tiny-4", env=wide)
     assert table.returncode == 0, table.stderr
     assert "evaluated again from tiny (which played 2 episodes" in table.stdout
+    zero = run_mario("bench", "learn-eval", "tiny", "--name", "tiny-0", "--eval-episodes", "0")
+    assert zero.returncode == 2 and "--eval-episodes and --eval-max-steps must be at least 1" in (
+        zero.stderr
+    )
     taken = run_mario("bench", "learn-eval", "tiny", "--name", "tiny-3")
     assert taken.returncode == 2 and "exists; pick another --name" in taken.stderr
     Path(data["seeds"][1]["points"][0]["best"]["checkpoint"]).unlink()

@@ -291,8 +291,8 @@ def learn_eval(
     policy: str | None = typer.Option(
         None, "--policy", help="greedy, stochastic or both (default: as before)."
     ),
-    noop_max: int = typer.Option(
-        DEFAULT_NOOP_MAX, "--noop-max", help="Eval start: 0..N no-op frames, each once."
+    noop_max: int | None = typer.Option(
+        None, "--noop-max", help="Eval start: 0..N no-op frames, each once (default: as before)."
     ),
     eval_max_steps: int | None = typer.Option(
         None, "--eval-max-steps", help="Step limit per episode (default: as before)."
@@ -321,13 +321,13 @@ def learn_eval(
     before = load_result(earlier, artifacts_dir)
     settings = BenchSettings(
         name=name or f"{before['name']}-eval",
-        budget=Amount(*next(iter(before["budget"].items()))),
-        eval_every=Amount(*next(iter(before["eval_every"].items()))),
+        budget=Amount.from_dict(before["budget"]),
+        eval_every=Amount.from_dict(before["eval_every"]),
         seeds=[seed["seed"] for seed in before["seeds"]],
-        eval_episodes=eval_episodes or before["eval"]["episodes"],
-        policy=policy or before["eval"]["policy"],
-        noop_max=noop_max,
-        eval_max_steps=eval_max_steps or before["eval"]["max_steps"],
+        eval_episodes=_or_earlier(eval_episodes, before["eval"]["episodes"]),
+        policy=_or_earlier(policy, before["eval"]["policy"]),
+        noop_max=_or_earlier(noop_max, before["eval"]["start"]["noop_max"]),
+        eval_max_steps=_or_earlier(eval_max_steps, before["eval"]["max_steps"]),
         workers=eval_workers or (os.cpu_count() or 1),
         artifacts=artifacts_dir,
     )
@@ -367,6 +367,11 @@ def learn_eval(
             add_seed(result, training, points, settings.policies)
             write_result(result, settings.folder)
     _finish_learn_result(result, settings.folder, as_json)
+
+
+def _or_earlier(given: Any, earlier: Any) -> Any:
+    """A flag's value if given (0 included, for the usual check), else the earlier one."""
+    return earlier if given is None else given
 
 
 def _finish_learn_result(result: dict[str, Any], folder: Path, as_json: bool) -> None:
