@@ -883,6 +883,22 @@ def find_config_file(explicit: Path | None) -> Path | None:
     return local if local.is_file() else None
 
 
+def chosen_settings(
+    config_path: Path | None = None,
+    cli_overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """What a run sets above the built-in defaults, merged as ``load_config`` merges them:
+    the config file (--config, else ./mario.toml), MARIO_* variables, then the flags."""
+    file_path = find_config_file(config_path)
+    layers = [read_toml(file_path)] if file_path is not None else []
+    layers += [read_env_vars(environ), cli_overrides or {}]
+    chosen: dict[str, Any] = {}
+    for layer in layers:
+        chosen = deep_merge(chosen, upgrade_keys(layer))
+    return chosen
+
+
 def load_config(
     config_path: Path | None = None,
     cli_overrides: dict[str, Any] | None = None,

@@ -344,12 +344,24 @@ def training_of(seed: dict[str, Any]) -> SeedTraining:
     )
 
 
-def missing_snapshots(result: dict[str, Any]) -> list[str]:
-    """The snapshot files a result's eval points name that are no longer there."""
+def trainings_of(result: dict[str, Any]) -> list[SeedTraining]:
+    """Every finished seed of a result as ``evaluate_points`` takes it, or one MarioError
+    naming the field a hand-edited or truncated result.json lacks."""
+    try:
+        return [training_of(seed) for seed in result["seeds"]]
+    except (KeyError, TypeError) as exc:
+        raise MarioError(
+            f"{result.get('name', 'the result')} is not a complete bench-learn result "
+            f"(a seed or eval point lacks {exc}); train it again with `mario bench learn`"
+        ) from None
+
+
+def missing_snapshots(trainings: list[SeedTraining]) -> list[str]:
+    """The snapshot files these seeds' eval points name that are no longer there."""
     named = [
         path
-        for seed in result["seeds"]
-        for point in training_of(seed).points
+        for training in trainings
+        for point in training.points
         for path in (point["checkpoint"], point.get("best_checkpoint"))
         if path is not None
     ]

@@ -106,6 +106,7 @@ def test_milestones_and_medians_count_not_reached_as_late() -> None:
 
 @pytest.mark.slow
 def test_bench_learn_json_has_every_field_and_writes_the_plot(tmp_path: Path) -> None:
+    (tmp_path / "tiny.toml").write_text("[train]\nbest_noop_max = 1\n")
     result = run_mario(
         "bench",
         "learn",
@@ -124,11 +125,10 @@ def test_bench_learn_json_has_every_field_and_writes_the_plot(tmp_path: Path) ->
         "--name",
         "tiny",
         "--json",
-        "--best-check-every",
-        "128",
-        "--best-noop-max",
-        "1",
+        "-c",
+        "tiny.toml",
         *TINY,
+        env={"MARIO_TRAIN__BEST_CHECK_EVERY": "128"},
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -137,6 +137,8 @@ def test_bench_learn_json_has_every_field_and_writes_the_plot(tmp_path: Path) ->
     assert data["eval"]["episodes"] == 2 and data["eval"]["policy"] == "both"
     assert data["eval"]["start"]["noop_max"] == 30 and data["eval"]["after_training"] is True
     assert data["variant"]["algo"]["n_steps"] == "64"  # the flags as typed
+    # the -c file's and the MARIO_* variable's settings are part of the variant too
+    assert data["variant"]["train"] == {"best_noop_max": 1, "best_check_every": "128"}
     assert data["config"]["algo"]["n_steps"] == 64
     assert data["machine"]["cpu_count"] >= 1 and len(data["machine"]["loadavg_start"]) == 3
     assert data["interrupted"] is False
@@ -185,6 +187,7 @@ def test_bench_learn_json_has_every_field_and_writes_the_plot(tmp_path: Path) ->
     table = run_mario("bench", "learn-report", "tiny", "tiny", "--output", "cmp.png", env=wide)
     assert table.returncode == 0, table.stderr
     assert "tiny" in table.stdout and "--n-steps 64" in table.stdout
+    assert "--best-noop-max 1" in table.stdout and "(defaults)" not in table.stdout
     assert "- not reached" in table.stdout and "(medians over seeds)" in table.stdout
     assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads(run_mario("bench", "learn-report", "tiny", "--json").stdout)
@@ -235,6 +238,13 @@ def test_bench_learn_json_has_every_field_and_writes_the_plot(tmp_path: Path) ->
     gone = run_mario("bench", "learn-eval", "tiny", "--name", "tiny-5")
     assert gone.returncode != 0 and "1 snapshot(s) of tiny are gone" in gone.stderr
     assert len(gone.stderr.strip().splitlines()) == 1 and "Traceback" not in gone.stderr
+    edited = json.loads(json.dumps(data))
+    del edited["seeds"][0]["points"][1]["checkpoint"]  # a hand-edited result.json
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    bad = run_mario("bench", "learn-eval", "edited.json", "--name", "tiny-6")
+    assert bad.returncode != 0 and "not a complete bench-learn result" in bad.stderr
+    assert "'checkpoint'" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_an_interrupted_seed_keeps_its_eval_points(tmp_path: Path) -> None:

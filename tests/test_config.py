@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from mario_cli.config import MarioConfig, commented_defaults, load_config, set_by_path
+from mario_cli.config import (
+    MarioConfig,
+    chosen_settings,
+    commented_defaults,
+    load_config,
+    set_by_path,
+)
 from mario_cli.errors import ConfigError
 from tests.conftest import REPO, run_mario
 
@@ -31,6 +37,19 @@ def test_precedence_default_toml_env_flag(tmp_path: Path) -> None:
     cfg = load_config(cli_overrides=flags, environ=env)
     assert cfg.algo.gamma == 0.6
     assert cfg.algo.n_epochs == 7  # untouched keys keep the lower layer's value
+
+
+def test_chosen_settings_are_every_layer_above_the_defaults(tmp_path: Path) -> None:
+    (tmp_path / "mario.toml").write_text("[algo]\ngamma = 0.8\nn_epochs = 7\n")
+    env = {"MARIO_ALGO__GAMMA": "0.7", "MARIO_ENV__N_ENVS": "4"}
+    chosen = chosen_settings(None, {"algo": {"gamma": 0.6}}, env)
+    assert chosen == {"algo": {"gamma": 0.6, "n_epochs": 7}, "env": {"n_envs": "4"}}
+    other = tmp_path / "other.toml"
+    other.write_text("[train]\nbest_by = 'rollout'\n")
+    assert chosen_settings(other, None, {}) == {"train": {"best_by": "rollout"}}
+    assert chosen_settings(None, None, {}) != {}  # ./mario.toml is found, as load_config does
+    (tmp_path / "mario.toml").unlink()
+    assert chosen_settings(None, None, {}) == {}
 
 
 def test_explicit_config_path_replaces_local_file(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from rich.table import Table
 from mario_cli import metric_names as names
 from mario_cli.cli.console import console, err_console
 from mario_cli.cli.options import config_options, config_path_option
-from mario_cli.config import load_config
+from mario_cli.config import chosen_settings, load_config
 from mario_cli.errors import ConfigError, MarioError
 from mario_cli.eval_protocol import DEFAULT_NOOP_MAX
 
@@ -197,7 +197,7 @@ def learn(
     from mario_cli.training.trainer import TrainingControl
 
     overrides = {section: dict(values) for section, values in (overrides or {}).items()}
-    variant = {section: dict(values) for section, values in overrides.items()}
+    variant = chosen_settings(config, overrides)  # a -c file and MARIO_* variables too
     if stage is not None:
         spec = stage_spec(stage)
         overrides.setdefault("env", {}).update(env_id=spec.env_id, random_stage=False)
@@ -314,29 +314,36 @@ def learn_eval(
         evaluated_again,
         load_result,
         missing_snapshots,
-        training_of,
+        trainings_of,
         write_result,
     )
 
     before = load_result(earlier, artifacts_dir)
-    settings = BenchSettings(
-        name=name or f"{before['name']}-eval",
-        budget=Amount.from_dict(before["budget"]),
-        eval_every=Amount.from_dict(before["eval_every"]),
-        seeds=[seed["seed"] for seed in before["seeds"]],
-        eval_episodes=_or_earlier(eval_episodes, before["eval"]["episodes"]),
-        policy=_or_earlier(policy, before["eval"]["policy"]),
-        noop_max=_or_earlier(noop_max, before["eval"]["start"]["noop_max"]),
-        eval_max_steps=_or_earlier(eval_max_steps, before["eval"]["max_steps"]),
-        workers=eval_workers or (os.cpu_count() or 1),
-        artifacts=artifacts_dir,
-    )
+    trainings = trainings_of(before)
+    try:
+        settings = BenchSettings(
+            name=name or f"{before['name']}-eval",
+            budget=Amount.from_dict(before["budget"]),
+            eval_every=Amount.from_dict(before["eval_every"]),
+            seeds=[training.seed for training in trainings],
+            eval_episodes=_or_earlier(eval_episodes, before["eval"]["episodes"]),
+            policy=_or_earlier(policy, before["eval"]["policy"]),
+            noop_max=_or_earlier(noop_max, before["eval"]["start"]["noop_max"]),
+            eval_max_steps=_or_earlier(eval_max_steps, before["eval"]["max_steps"]),
+            workers=eval_workers or (os.cpu_count() or 1),
+            artifacts=artifacts_dir,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MarioError(
+            f"{earlier} is not a complete bench-learn result (it lacks {exc}); "
+            "train it again with `mario bench learn`"
+        ) from None
     settings.check()
-    if not before["seeds"]:
+    if not trainings:
         raise MarioError(f"{before['name']} has no finished seed to evaluate")
     if settings.folder.exists():
         raise ConfigError(f"{settings.folder} exists; pick another --name")
-    missing = missing_snapshots(before)
+    missing = missing_snapshots(trainings)
     if missing:
         raise MarioError(
             f"{len(missing)} snapshot(s) of {before['name']} are gone (e.g. {missing[0]}); "
@@ -352,8 +359,7 @@ def learn_eval(
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=out
     ) as progress:
-        for seed in before["seeds"]:
-            training = training_of(seed)
+        for training in trainings:
             columns = len(settings.policies) + any("best_checkpoint" in p for p in training.points)
             task = progress.add_task(
                 f"seed {training.seed} eval",
