@@ -575,7 +575,8 @@ class Trainer:
                 background.publish(self.policy, self.iteration + 1)
             self.global_step += rollout_size
             self.iteration += 1
-            if self._best_check_due():
+            last = self.global_step >= total
+            if self._best_check_due(last):
                 with self.timer("best"):
                     notices.append(self._greedy_best())
             if self.best_check is not None:
@@ -645,9 +646,17 @@ class Trainer:
     def _rollout_metrics(self) -> dict[str, float]:
         return rollout_metrics(list(self.episodes), self.cfg.env.settings_of("restarts").share > 0)
 
-    def _best_check_due(self) -> bool:
+    def _best_check_due(self, last: bool) -> bool:
+        """A check on schedule, and one on the last iteration of a run that reaches
+        total_timesteps once a check has kept a best.pt: eval plays best.pt, which could
+        otherwise miss up to ``best_check_every`` steps of the final weights' learning.
+        (With no best.pt, eval plays final.pt itself.)"""
         check = self.best_check
-        return check is not None and not self._best_settled and check.due(self.global_step)
+        if check is None or self._best_settled:
+            return False
+        if check.due(self.global_step):
+            return True
+        return last and self.checkpoints.best_score_by(GREEDY_BEST) is not None
 
     def _greedy_best(self) -> str:
         """Score the weights by greedy play from every eval start; keep them if best.
