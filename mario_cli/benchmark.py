@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -162,6 +163,14 @@ def bench_sb3_training(cfg: MarioConfig, steps: int) -> dict[str, object]:
     return {"steps": int(summary["global_step"]), "sps": round(summary["sps"], 2)}
 
 
+def _mean_breakdown(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds per phase of the training loop, the mean over runs."""
+    return {
+        phase: round(float(np.mean([r["breakdown"][phase] for r in runs])), 3)
+        for phase in runs[0]["breakdown"]
+    }
+
+
 def _mean_or_none(values: list) -> float | None:
     present = [v for v in values if v is not None]
     return round(float(np.mean(present)), 3) if present else None
@@ -200,10 +209,7 @@ def bench_train(
             progress(f"Stable-Baselines3 PPO, round {round_index + 1}/{rounds}")
             sb3_runs.append(bench_sb3_training(cfg, steps))
     sps = float(np.mean([r["sps"] for r in mario_runs]))
-    breakdown = {
-        phase: round(float(np.mean([r["breakdown"][phase] for r in mario_runs])), 3)
-        for phase in mario_runs[0]["breakdown"]
-    }
+    breakdown = _mean_breakdown(mario_runs)
     result: dict[str, object] = {
         "sps": round(sps, 2),
         "env_ceiling_sps": round(ceiling, 2),
@@ -224,8 +230,10 @@ def bench_train(
         "limit_sps": round(costs.limit_sps, 2),
         "ratio_to_limit": round(sps / costs.limit_sps, 3),
     }
-    if same_settings:
+    if same_settings:  # where its time goes: the comparison is engineering alone
         result["same_settings_sps"] = round(float(np.mean([r["sps"] for r in same_runs])), 2)
+        result["same_settings_breakdown"] = _mean_breakdown(same_runs)
+        result["same_settings_cpu_busy"] = _mean_or_none([r["cpu_busy"] for r in same_runs])
     if vs_sb3:
         sb3_sps = float(np.mean([r["sps"] for r in sb3_runs]))
         result["sb3_sps"] = round(sb3_sps, 2)

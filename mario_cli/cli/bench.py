@@ -136,6 +136,8 @@ def train(
         table.add_row("ratio vs SB3 (defaults)", f"{result['ratio_vs_sb3']:.2f}")
     if same_settings:
         table.add_row("mario, SB3's settings, steps/s", f"{result['same_settings_sps']:,.1f}")
+        for phase, seconds in result["same_settings_breakdown"].items():
+            table.add_row(f"  {phase} (s)", f"{seconds:.1f}")
         table.add_row("ratio vs SB3 (same settings)", f"{result['ratio_vs_sb3_same_settings']:.2f}")
     console.print(table)
 
