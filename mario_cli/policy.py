@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,12 +111,22 @@ class ActorCritic(nn.Module):
                 module.reset_noise()
 
     def _heads(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        # float32 out of the heads: under autocast, bf16 log-probs would be off by ~1e-2,
-        # the size of a PPO ratio's whole change in one update.
-        logits = self.actor(features).float()
+        # The heads compute in float32 even under autocast: bf16 logits are off by ~1e-2,
+        # the size of a PPO ratio's whole change in one update, and two layers this
+        # small cost nothing in float32.
+        device = features.device.type
+        float32 = (
+            torch.autocast(device, enabled=False)
+            if torch.is_autocast_enabled(device)
+            else contextlib.nullcontext()
+        )
+        with float32:
+            features = features.float()
+            logits = self.actor(features)
+            value = self.critic(features).squeeze(-1)
         if self.factored:
             logits = logits[..., self.direction_of] + logits[..., self.a_choice_of]
-        return logits, self.critic(features).squeeze(-1).float()
+        return logits, value
 
     def forward(self, obs: Tensor, state: Any = None, done: Tensor | None = None) -> PolicyOutput:
         features = self.backbone(obs)

@@ -378,6 +378,24 @@ def test_build_policy_with_core(core_name: str) -> None:
     assert actions.shape == (2,)
 
 
+def test_heads_compute_in_float32_under_bf16_autocast() -> None:
+    """--amp runs the torso in bf16 and the heads in float32: the logits are the
+    float32 heads of the bf16 features, not bf16-rounded."""
+    policy = _policy("nature")
+    obs = _obs(4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = policy(obs)
+    assert out.features.dtype == torch.bfloat16  # the torso did run in bf16
+    assert out.logits.dtype == torch.float32 and out.value.dtype == torch.float32
+    with torch.no_grad():
+        features = out.features.float()
+        torch.testing.assert_close(out.logits, policy.actor(features), rtol=0, atol=0)
+        torch.testing.assert_close(out.value, policy.critic(features).squeeze(-1), rtol=0, atol=0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded = policy.actor(out.features).float()  # what a bf16 head gives
+    assert not torch.equal(out.logits, rounded)
+
+
 @pytest.mark.parametrize("backbone", ["nature", "impala"])
 def test_cpu_policy_has_nhwc_conv_weights_and_same_outputs(backbone: str) -> None:
     """On the CPU the policy's conv weights are channels-last (faster oneDNN kernels);
