@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,10 @@ class EnvBenchResult:
     efficiency: float
     scaling: float
     cpu_count: int
+    rounds: int = 1
+    scaling_rounds: list[float] = field(default_factory=list)  # vector / one env, per round
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -87,16 +89,31 @@ def bench_env(
     steps: int,
     n_workers: int | None = None,
     progress: Callable[[str], None] = lambda _: None,
+    rounds: int = 1,
 ) -> EnvBenchResult:
-    """Raw emulator, one full env and the vector env, measured one after another."""
-    progress("bare emulator")
-    raw_fps = measure_raw_fps(cfg, frames=steps * cfg.frame_skip)
-    progress("one env, full pipeline")
-    single = measure_single_env_sps(cfg, steps)
-    progress(f"{n_envs} envs in worker processes")
-    vector, workers = measure_vector_env_sps(cfg, n_envs, steps * max(1, n_envs // 2), n_workers)
+    """Raw emulator, one full env and the vector env, measured one after another.
+
+    With ``rounds`` > 1 the three measurements alternate that many times and the
+    figures are their means: this host's speed drifts by ±20% from minute to minute,
+    and a ratio of measurements taken side by side, round by round, drifts less.
+    """
+    raws, singles, vectors = [], [], []
+    workers = 0
+    for index in range(rounds):
+        of = f" (round {index + 1}/{rounds})" if rounds > 1 else ""
+        progress("bare emulator" + of)
+        raws.append(measure_raw_fps(cfg, frames=steps * cfg.frame_skip))
+        progress("one env, full pipeline" + of)
+        singles.append(measure_single_env_sps(cfg, steps))
+        progress(f"{n_envs} envs in worker processes" + of)
+        vector, workers = measure_vector_env_sps(
+            cfg, n_envs, steps * max(1, n_envs // 2), n_workers
+        )
+        vectors.append(vector)
     # The ratios come from the figures as printed, so a reader can recompute them.
-    raw_fps, single, vector = round(raw_fps, 1), round(single, 1), round(vector, 1)
+    raw_fps = round(float(np.mean(raws)), 1)
+    single = round(float(np.mean(singles)), 1)
+    vector = round(float(np.mean(vectors)), 1)
     return EnvBenchResult(
         raw_fps=raw_fps,
         single_env_sps=single,
@@ -107,6 +124,8 @@ def bench_env(
         efficiency=round(single / (raw_fps / cfg.frame_skip), 3),
         scaling=round(vector / single, 3),
         cpu_count=os.cpu_count() or 1,
+        rounds=rounds,
+        scaling_rounds=[round(v / s, 3) for v, s in zip(vectors, singles, strict=True)],
     )
 
 

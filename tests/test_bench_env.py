@@ -31,6 +31,21 @@ def test_bench_env_json_fields_are_consistent() -> None:
     assert data["scaling"] == pytest.approx(
         data["vector_env_sps"] / data["single_env_sps"], abs=2e-3
     )
+    assert data["rounds"] == 1 and data["scaling_rounds"] == [
+        pytest.approx(data["scaling"], abs=2e-3)
+    ]
+
+
+def test_bench_env_rounds_alternate_and_average() -> None:
+    result = run_mario("bench", "env", "--json", "--steps", "24", "--rounds", "2")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["rounds"] == 2 and len(data["scaling_rounds"]) == 2
+    assert all(value > 0 for value in data["scaling_rounds"])
+    # the figures are the rounds' means: the overall scaling, their ratio, is a weighted
+    # mean of the rounds' scalings, so it lies between them
+    low, high = min(data["scaling_rounds"]), max(data["scaling_rounds"])
+    assert low - 2e-3 <= data["scaling"] <= high + 2e-3
 
 
 def test_bench_env_bad_input_is_one_line() -> None:

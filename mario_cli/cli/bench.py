@@ -29,19 +29,27 @@ def env(
         None, "--n-workers", help="Worker processes (default: one per core)."
     ),
     env_id: str | None = typer.Option(None, "--env-id", help="Env id to measure."),
+    rounds: int = typer.Option(
+        1, "--rounds", help="Alternate the measurements N times; figures are the means."
+    ),
     config: Path | None = config_path_option(),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Raw emulator frames/s, one env's agent steps/s, and N envs' steps/s."""
     from mario_cli.benchmark import bench_env
 
-    if n_envs < 1 or steps < 1:
-        raise ConfigError("--n-envs and --steps must be at least 1")
+    if n_envs < 1 or steps < 1 or rounds < 1:
+        raise ConfigError("--n-envs, --steps and --rounds must be at least 1")
     overrides = {"env": {"env_id": env_id}} if env_id else {}
     cfg = load_config(config, overrides).env
     with console.status("measuring", spinner="dots") as status:
         result = bench_env(
-            cfg, n_envs, steps, n_workers, progress=lambda what: status.update(f"measuring {what}")
+            cfg,
+            n_envs,
+            steps,
+            n_workers,
+            progress=lambda what: status.update(f"measuring {what}"),
+            rounds=rounds,
         )
     if as_json:
         print(json.dumps(result.to_dict()))
@@ -58,6 +66,9 @@ def env(
     )
     table.add_row("efficiency (one env / ceiling)", f"{result.efficiency:.2f}")
     table.add_row("scaling (vector / one env)", f"{result.scaling:.2f}")
+    if result.rounds > 1:
+        per_round = ", ".join(f"{value:.2f}" for value in result.scaling_rounds)
+        table.add_row(f"  scaling in each of {result.rounds} rounds", per_round)
     console.print(table)
 
 
