@@ -138,7 +138,7 @@ def test_bench_learn_json_has_every_field_and_writes_the_plot(tmp_path: Path) ->
     assert data["eval"]["start"]["noop_max"] == 30 and data["eval"]["after_training"] is True
     assert data["variant"]["algo"]["n_steps"] == "64"  # the flags as typed
     # the -c file's and the MARIO_* variable's settings are part of the variant too
-    assert data["variant"]["train"] == {"best_noop_max": 1, "best_check_every": "128"}
+    assert data["variant"]["train"] == {"best_noop_max": 1, "best_check_every": "128", "seed": "7"}
     assert data["config"]["algo"]["n_steps"] == 64
     assert data["machine"]["cpu_count"] >= 1 and len(data["machine"]["loadavg_start"]) == 3
     assert data["interrupted"] is False
