@@ -890,13 +890,18 @@ def chosen_settings(
 ) -> dict[str, Any]:
     """What a run sets above the built-in defaults, merged as ``load_config`` merges them:
     the config file (--config, else ./mario.toml), MARIO_* variables, then the flags."""
-    file_path = find_config_file(config_path)
-    layers = [read_toml(file_path)] if file_path is not None else []
-    layers += [read_env_vars(environ), cli_overrides or {}]
     chosen: dict[str, Any] = {}
-    for layer in layers:
+    for _, layer in _setting_layers(find_config_file(config_path), cli_overrides, environ):
         chosen = deep_merge(chosen, upgrade_keys(layer))
     return chosen
+
+
+def _setting_layers(
+    file_path: Path | None, cli_overrides: dict[str, Any] | None, environ: dict[str, str] | None
+) -> list[tuple[str, dict[str, Any]]]:
+    """(origin, values) above the defaults, lowest first: file, MARIO_* variables, flags."""
+    layers = [(str(file_path), read_toml(file_path))] if file_path is not None else []
+    return [*layers, ("environment", read_env_vars(environ)), ("flags", cli_overrides or {})]
 
 
 def load_config(
@@ -916,10 +921,7 @@ def load_config(
         layers.append(("saved run config", base))
     # A saved run's config is not silently changed by a ./mario.toml lying around.
     file_path = config_path if base is not None else find_config_file(config_path)
-    if file_path is not None:
-        layers.append((str(file_path), read_toml(file_path)))
-    layers.append(("environment", read_env_vars(environ)))
-    layers.append(("flags", cli_overrides or {}))
+    layers += _setting_layers(file_path, cli_overrides, environ)
 
     _legacy_notices(layers)
     # Old keys move to their new place layer by layer, so that precedence holds between
