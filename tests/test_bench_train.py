@@ -70,3 +70,19 @@ def test_same_settings_needs_vs_sb3() -> None:
     assert result.stderr.strip().splitlines() == [
         "error: --same-settings compares with SB3: add --vs-sb3"
     ]
+
+
+def test_sb3_steps_per_second_count_its_learning_loop_only(tmp_path: Path) -> None:
+    # SB3 spawns a process per env and builds its model before learning; mario's
+    # steps/s leave its own start-up out, so SB3's must too for a like-for-like ratio.
+    result = run_mario(
+        "bench", "sb3", "--total-timesteps", "64", "--n-envs", "1",
+        "--artifacts-dir", str(tmp_path), "--run-name", "sb3",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["global_step"] == 512  # SB3 collects whole rollouts: n_steps 512
+    assert summary["setup_seconds"] > 0 and summary["learn_seconds"] > 0
+    assert summary["sps"] == pytest.approx(summary["global_step"] / summary["learn_seconds"])
+    events = [json.loads(line) for line in (tmp_path / "runs" / "sb3" / "metrics.jsonl").open()]
+    assert events[-1]["type"] == "RunFinished" and events[-1]["step"] == 512
