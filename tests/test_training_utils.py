@@ -219,3 +219,30 @@ def test_the_entropy_coefficient_decays_linearly_over_its_steps_then_holds() -> 
     constant_cfg = {"algo": {"ent_coef": 0.02, "ent_coef_final": None}}
     constant = Algorithm(None, MarioConfig.model_validate(constant_cfg), None)
     assert constant.entropy_coef(SimpleNamespace(progress=0.9)) == 0.02
+
+
+def test_cpu_steps_use_fused_adamw_with_the_same_math_and_keep_it_on_resume() -> None:
+    from mario_cli.config import AlgoConfig
+    from mario_cli.training.optim import GradientStepper
+
+    cfg = AlgoConfig(
+        learning_rate=1e-2, warmup_fraction=0.0, lr_schedule="constant", max_grad_norm=1e9
+    )
+    torch.manual_seed(0)
+    reference, fused = nn.Linear(16, 4), nn.Linear(16, 4)
+    fused.load_state_dict(reference.state_dict())
+    plain = torch.optim.AdamW(reference.parameters(), lr=1e-2, eps=1e-5, weight_decay=0.0)
+    stepper = GradientStepper(fused.parameters(), cfg, 10, torch.device("cpu"))
+    assert stepper.optimizer.param_groups[0]["fused"] is True
+    x = torch.randn(8, 16)
+    for _ in range(5):
+        plain.zero_grad()
+        reference(x).pow(2).sum().backward()
+        plain.step()
+        stepper.backward(fused(x).pow(2).sum())
+    torch.testing.assert_close(fused.weight, reference.weight, rtol=0, atol=1e-6)
+    # a checkpoint from a run whose optimizer was not fused resumes on the fused kernel
+    resumed = GradientStepper(fused.parameters(), cfg, 10, torch.device("cpu"))
+    resumed.load_state_dict(stepper.state_dict() | {"optimizer": plain.state_dict()})
+    assert resumed.optimizer.param_groups[0]["fused"] is True
+    assert resumed.optimizer.state_dict()["state"][0]["step"] == 5

@@ -35,8 +35,16 @@ class GradientStepper:
         self.cfg = cfg
         self.device = device
         self.amp_dtype = amp_dtype
+        # One fused kernel per step on CPU and CUDA. torch's default on a CPU runs the
+        # element-wise ops tensor by tensor: ~9 ms a step against ~0.8 for 1.7M
+        # parameters on the 2-core host, a tenth of a minibatch at batch 64.
+        self.fused = device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=cfg.learning_rate, eps=1e-5, weight_decay=cfg.weight_decay
+            self.params,
+            lr=cfg.learning_rate,
+            eps=1e-5,
+            weight_decay=cfg.weight_decay,
+            fused=self.fused or None,
         )
         warmup = round(cfg.warmup_fraction * total_updates)
         self.scheduler = make_scheduler(
@@ -103,6 +111,9 @@ class GradientStepper:
         """Restore moments, schedule position and scaler; lr and weight decay stay the
         config's, so `mario resume --learning-rate X` takes effect."""
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the saved groups name the saver's kernel
+            group["fused"] = self.fused or None
+            group["foreach"] = None
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
