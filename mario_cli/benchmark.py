@@ -15,6 +15,7 @@ from mario_cli.config import EnvConfig, MarioConfig
 from mario_cli.envs import VectorEnv, make_env
 from mario_cli.envs.factory import stage_specs
 from mario_cli.envs.stages import action_bytes
+from mario_cli.envs.vector import default_worker_count
 
 
 @dataclass
@@ -30,6 +31,11 @@ class EnvBenchResult:
     cpu_count: int
     rounds: int = 1
     scaling_rounds: list[float] = field(default_factory=list)  # vector / one env, per round
+    # n_workers bare emulators in as many processes at once, against one alone: what
+    # the host gives parallel emulation with no pipeline at all (the scaling's ceiling)
+    raw_parallel_fps: float = 0.0
+    host_scaling: float = 0.0
+    host_scaling_rounds: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,6 +59,40 @@ def measure_raw_fps(cfg: EnvConfig, frames: int, seed: int = 0) -> float:
     elapsed = time.perf_counter() - start
     env.close()
     return frames / elapsed
+
+
+def _raw_fps_after(barrier: Any, results: Any, cfg: EnvConfig, frames: int, seed: int) -> None:
+    from gym_super_mario_bros import SuperMarioBrosEnv  # imported before the clock starts
+
+    del SuperMarioBrosEnv
+    barrier.wait()
+    results.put(measure_raw_fps(cfg, frames, seed))
+
+
+def measure_raw_fps_parallel(cfg: EnvConfig, frames: int, processes: int) -> float:
+    """Frames/s of ``processes`` bare emulators in as many processes, all at once.
+
+    Each process measures its own frames/s once every process has started; the sum is
+    what this host gives parallel emulation, with no pipes, wrappers or policy.
+    """
+    import multiprocessing as mp
+
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    workers = [
+        ctx.Process(target=_raw_fps_after, args=(barrier, results, cfg, frames, seed))
+        for seed in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        return sum(results.get(timeout=600) for _ in workers)
+    finally:
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
 
 
 def measure_single_env_sps(cfg: EnvConfig, steps: int, seed: int = 0) -> float:
@@ -97,12 +137,15 @@ def bench_env(
     figures are their means: this host's speed drifts by ±20% from minute to minute,
     and a ratio of measurements taken side by side, round by round, drifts less.
     """
-    raws, singles, vectors = [], [], []
+    raws, parallels, singles, vectors = [], [], [], []
     workers = 0
+    processes = min(n_workers or cfg.n_workers or default_worker_count(n_envs), n_envs)
     for index in range(rounds):
         of = f" (round {index + 1}/{rounds})" if rounds > 1 else ""
         progress("bare emulator" + of)
         raws.append(measure_raw_fps(cfg, frames=steps * cfg.frame_skip))
+        progress(f"{processes} bare emulators at once" + of)
+        parallels.append(measure_raw_fps_parallel(cfg, steps * cfg.frame_skip, processes))
         progress("one env, full pipeline" + of)
         singles.append(measure_single_env_sps(cfg, steps))
         progress(f"{n_envs} envs in worker processes" + of)
@@ -112,6 +155,7 @@ def bench_env(
         vectors.append(vector)
     # The ratios come from the figures as printed, so a reader can recompute them.
     raw_fps = round(float(np.mean(raws)), 1)
+    raw_parallel = round(float(np.mean(parallels)), 1)
     single = round(float(np.mean(singles)), 1)
     vector = round(float(np.mean(vectors)), 1)
     return EnvBenchResult(
@@ -126,6 +170,9 @@ def bench_env(
         cpu_count=os.cpu_count() or 1,
         rounds=rounds,
         scaling_rounds=[round(v / s, 3) for v, s in zip(vectors, singles, strict=True)],
+        raw_parallel_fps=raw_parallel,
+        host_scaling=round(raw_parallel / raw_fps, 3),
+        host_scaling_rounds=[round(p / r, 3) for p, r in zip(parallels, raws, strict=True)],
     )
 
 

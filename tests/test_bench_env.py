@@ -34,6 +34,11 @@ def test_bench_env_json_fields_are_consistent() -> None:
     assert data["rounds"] == 1 and data["scaling_rounds"] == [
         pytest.approx(data["scaling"], abs=2e-3)
     ]
+    # the host's own parallel scaling: as many bare emulators at once as there are workers
+    assert data["raw_parallel_fps"] > 0
+    assert data["host_scaling"] == pytest.approx(
+        data["raw_parallel_fps"] / data["raw_fps"], abs=2e-3
+    )
 
 
 def test_bench_env_rounds_alternate_and_average() -> None:
@@ -41,6 +46,7 @@ def test_bench_env_rounds_alternate_and_average() -> None:
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["rounds"] == 2 and len(data["scaling_rounds"]) == 2
+    assert len(data["host_scaling_rounds"]) == 2
     assert all(value > 0 for value in data["scaling_rounds"])
     # the figures are the rounds' means: the overall scaling, their ratio, is a weighted
     # mean of the rounds' scalings, so it lies between them

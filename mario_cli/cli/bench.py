@@ -66,9 +66,15 @@ def env(
     )
     table.add_row("efficiency (one env / ceiling)", f"{result.efficiency:.2f}")
     table.add_row("scaling (vector / one env)", f"{result.scaling:.2f}")
+    table.add_row(
+        f"host scaling ({result.n_workers} bare emulators at once / one)",
+        f"{result.host_scaling:.2f}",
+    )
     if result.rounds > 1:
         per_round = ", ".join(f"{value:.2f}" for value in result.scaling_rounds)
         table.add_row(f"  scaling in each of {result.rounds} rounds", per_round)
+        per_round = ", ".join(f"{value:.2f}" for value in result.host_scaling_rounds)
+        table.add_row(f"  host scaling in each of {result.rounds} rounds", per_round)
     console.print(table)
 
 
