@@ -16,6 +16,7 @@ from mario_cli.envs import VectorEnv, make_env
 from mario_cli.envs.factory import stage_specs
 from mario_cli.envs.stages import action_bytes
 from mario_cli.envs.vector import default_worker_count
+from mario_cli.errors import MarioError
 
 
 @dataclass
@@ -219,14 +220,34 @@ def bench_mario_training(cfg: MarioConfig, steps: int) -> dict[str, object]:
 
 
 def bench_sb3_training(cfg: MarioConfig, steps: int) -> dict[str, object]:
-    """Stable-Baselines3 PPO, classic settings, same env count, for ``steps`` agent steps."""
+    """Stable-Baselines3 PPO, classic settings, same env count, for ``steps`` agent steps.
+
+    It runs as ``mario bench sb3`` in a process of its own, as a user would run it: not
+    in this one, whose settings (threads, memory reuse) mario's trainer has changed.
+    """
+    import json
+    import subprocess
+    import sys
     import tempfile
 
-    from mario_cli.baselines.sb3_ppo import run_sb3_ppo
-
     with tempfile.TemporaryDirectory() as tmp:
-        summary = run_sb3_ppo(cfg.env.env_id, cfg.env.n_envs, steps, Path(tmp), seed=cfg.train.seed)
-    return {"steps": int(summary["global_step"]), "sps": round(summary["sps"], 2)}
+        command = [
+            sys.executable, "-m", "mario_cli", "bench", "sb3",
+            "--total-timesteps", str(steps), "--n-envs", str(cfg.env.n_envs),
+            "--env-id", cfg.env.env_id, "--seed", str(cfg.train.seed),
+            "--artifacts-dir", tmp,
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or ["no output"]
+        raise MarioError(f"the Stable-Baselines3 run failed: {lines[-1]}")
+    summary = json.loads(done.stdout)
+    return {
+        "steps": int(summary["global_step"]),
+        "sps": round(summary["sps"], 2),
+        "learn_seconds": round(summary["learn_seconds"], 3),
+        "setup_seconds": round(summary["setup_seconds"], 3),
+    }
 
 
 def _mean_breakdown(runs: list[dict[str, Any]]) -> dict[str, float]:
@@ -303,6 +324,9 @@ def bench_train(
     if vs_sb3:
         sb3_sps = float(np.mean([r["sps"] for r in sb3_runs]))
         result["sb3_sps"] = round(sb3_sps, 2)
+        # its clock, like mario's, leaves out spawning the envs and building the model
+        for key in ("steps", "learn_seconds", "setup_seconds"):
+            result[f"sb3_{key}"] = round(float(np.mean([r[key] for r in sb3_runs])), 3)
         result["ratio_vs_sb3"] = round(sps / sb3_sps, 3)
         if same_settings:
             result["ratio_vs_sb3_same_settings"] = round(

@@ -123,7 +123,7 @@ def learner_ms_per_sample(
     runs (the cost of the update as configured, not of one that stops early).
     """
     from mario_cli.training.builders import build_algorithm, build_policy
-    from mario_cli.training.device import amp_settings, configure_threads
+    from mario_cli.training.device import amp_settings, configure_threads, keep_freed_memory
     from mario_cli.training.optim import GradientStepper
     from mario_cli.training.rollout import RolloutStorage
 
@@ -131,6 +131,7 @@ def learner_ms_per_sample(
     cfg.algo.target_kl = None
     device = torch.device("cpu")
     configure_threads(cfg.train.torch_threads)
+    keep_freed_memory()  # as the trainer does
     torch.manual_seed(seed)
     policy, _ = build_policy(cfg, obs_shape, n_actions, device)
     _, amp_dtype, use_scaler = amp_settings(device, cfg.train.amp)

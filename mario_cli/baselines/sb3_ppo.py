@@ -99,7 +99,7 @@ def _make_env(cfg: EnvConfig, seed: int) -> gym.Env:
     return Monitor(env)
 
 
-def _require_sb3() -> None:
+def require_sb3() -> None:
     try:
         import stable_baselines3  # noqa: F401
     except ImportError:
@@ -123,7 +123,7 @@ def run_sb3_ppo(
     processes and building the model (``setup_seconds``) are outside it, as they are
     outside mario's training loop, so the two steps/s compare like for like.
     """
-    _require_sb3()
+    require_sb3()
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback

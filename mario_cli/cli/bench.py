@@ -119,9 +119,9 @@ def train(
     if same_settings and not vs_sb3:
         raise ConfigError("--same-settings compares with SB3: add --vs-sb3")
     if vs_sb3:
-        from mario_cli.baselines.sb3_ppo import _require_sb3
+        from mario_cli.baselines.sb3_ppo import require_sb3
 
-        _require_sb3()
+        require_sb3()
     cfg = load_config(config, {"ui": {"mode": "quiet"}})
     with console.status("measuring", spinner="dots") as status:
         result = bench_train(

@@ -1,7 +1,8 @@
-"""Device choice, mixed precision, torch.compile, threads and seeding."""
+"""Device choice, mixed precision, torch.compile, threads, memory reuse and seeding."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 from collections.abc import Callable
@@ -159,6 +160,25 @@ def configure_threads(requested: int) -> int:
     threads = requested if requested > 0 else _cpu_count()
     torch.set_num_threads(threads)
     return threads
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+
+
+def keep_freed_memory() -> bool:
+    """Keep freed memory in this process for reuse instead of returning it to the OS.
+
+    glibc serves large blocks with mmap and unmaps them when freed, so every minibatch's
+    tensors (the observations as floats, activations, gradients) land on fresh pages:
+    ~4,000 page faults and ~12 ms of kernel time per PPO minibatch of 64 on the 2-core
+    host. Kept in the heap, the same pages serve the next minibatch. The process keeps
+    its peak memory instead of shrinking between updates. True where it took (glibc).
+    """
+    libc_version = os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else None
+    if not libc_version or not libc_version.startswith("glibc"):
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 def seed_everything(seed: int) -> None:

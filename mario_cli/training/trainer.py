@@ -57,6 +57,7 @@ from mario_cli.training.device import (
     amp_settings,
     configure_threads,
     cpu_has_native_bf16,
+    keep_freed_memory,
     resolve_device,
     seed_everything,
     should_compile,
@@ -245,6 +246,7 @@ class Trainer:
         else:
             self.venv = VectorEnv(cfg.env, seed=cfg.train.seed, n_groups=cfg.env.step_groups)
         threads = configure_threads(cfg.train.torch_threads)
+        keep_freed_memory()
         obs_space = self.venv.single_observation_space
         self.obs_shape = tuple(obs_space.shape)
         self.n_actions = int(self.venv.single_action_space.n)
