@@ -155,6 +155,9 @@ def bench_env(
         )
         vectors.append(vector)
     # The ratios come from the figures as printed, so a reader can recompute them.
+    raws, parallels, singles, vectors = (
+        [round(value, 1) for value in values] for values in (raws, parallels, singles, vectors)
+    )
     raw_fps = round(float(np.mean(raws)), 1)
     raw_parallel = round(float(np.mean(parallels)), 1)
     single = round(float(np.mean(singles)), 1)
