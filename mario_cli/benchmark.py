@@ -15,7 +15,7 @@ from mario_cli.config import EnvConfig, MarioConfig
 from mario_cli.envs import VectorEnv, make_env
 from mario_cli.envs.factory import stage_specs
 from mario_cli.envs.stages import action_bytes
-from mario_cli.envs.vector import default_worker_count
+from mario_cli.envs.vector import default_worker_count, worker_context
 from mario_cli.errors import MarioError
 
 
@@ -63,9 +63,8 @@ def measure_raw_fps(cfg: EnvConfig, frames: int, seed: int = 0) -> float:
 
 
 def _raw_fps_after(barrier: Any, results: Any, cfg: EnvConfig, frames: int, seed: int) -> None:
-    from gym_super_mario_bros import SuperMarioBrosEnv  # imported before the clock starts
+    import gym_super_mario_bros  # noqa: F401  (imported before the clock starts)
 
-    del SuperMarioBrosEnv
     barrier.wait()
     results.put(measure_raw_fps(cfg, frames, seed))
 
@@ -76,10 +75,7 @@ def measure_raw_fps_parallel(cfg: EnvConfig, frames: int, processes: int) -> flo
     Each process measures its own frames/s once every process has started; the sum is
     what this host gives parallel emulation, with no pipes, wrappers or policy.
     """
-    import multiprocessing as mp
-
-    methods = mp.get_all_start_methods()
-    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    ctx = worker_context()
     barrier, results = ctx.Barrier(processes), ctx.Queue()
     workers = [
         ctx.Process(target=_raw_fps_after, args=(barrier, results, cfg, frames, seed))

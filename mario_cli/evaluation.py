@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from mario_cli.config import EnvConfig, MarioConfig, deep_merge, upgrade_keys
+from mario_cli.envs.vector import worker_context
 from mario_cli.errors import ConfigError, MarioError
 from mario_cli.eval_protocol import (
     DEFAULT_NOOP_MAX,
@@ -201,8 +201,7 @@ def run_episodes(
     # Small tasks (up to 4 episodes): the pool balances them and progress shows.
     size = max(1, min(4, len(jobs) // (workers * 4)))
     tasks = [indexed[i : i + size] for i in range(0, len(indexed), size)]
-    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(min(workers, len(tasks))) as pool:
+    with worker_context().Pool(min(workers, len(tasks))) as pool:
         for finished in pool.imap_unordered(_play_jobs, tasks):
             for index, episode in finished:
                 results[index] = episode

@@ -174,6 +174,15 @@ def _stacked(
     )
 
 
+def worker_context() -> mp.context.BaseContext:
+    """How mario starts worker processes: forkserver where there is one, else spawn.
+
+    Never plain fork: the TUI and the learner run threads in this process.
+    """
+    methods = mp.get_all_start_methods()
+    return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
 def default_worker_count(n_envs: int) -> int:
     return max(1, min(n_envs, os.cpu_count() or 1))
 
@@ -243,9 +252,7 @@ class VectorEnv:
         return [proc.pid for proc, _, _ in self._workers or [] if proc.pid is not None]
 
     def _start_workers(self, n_workers: int, n_groups: int) -> None:
-        methods = mp.get_all_start_methods()
-        # Never plain fork: the TUI and the learner run threads in this process.
-        ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+        ctx = worker_context()
         # A group needs an env in every worker, or stepping it leaves a worker idle.
         n_groups = max(1, min(n_groups, self.num_envs // n_workers))
         bounds = np.linspace(0, self.num_envs, n_groups + 1).astype(int)
