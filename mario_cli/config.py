@@ -435,7 +435,9 @@ class TrainConfig(Section):
     seed: int = Field(0, description="Seeds torch, numpy and every env.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Compute device.")
     amp: bool | None = Field(
-        None, description="Mixed precision: bf16/fp16 on CUDA, bf16 on CPU (None: CUDA only)."
+        None,
+        description="Mixed precision: bf16/fp16 on CUDA, bf16 on CPU (None: CUDA, and CPUs "
+        "with native bf16).",
     )
     compile: bool | None = Field(None, description="torch.compile the policy (None: auto).")
     torch_threads: int = Field(

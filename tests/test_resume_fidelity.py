@@ -70,6 +70,9 @@ def fidelity_config(tmp_path: Path, model: dict[str, Any], replay: dict[str, Any
                 "total_timesteps": TOTAL,
                 "save_freq": CHECKPOINT,
                 "torch_threads": 1,
+                # float32 on every host: bf16 rounds differently for each batch shape, so
+                # collection and update would part by ~1e-4 and hide which weights acted
+                "amp": False,
                 "run_name": "fidelity",
                 "artifacts_dir": str(tmp_path / "artifacts"),
             },

@@ -119,8 +119,12 @@ def test_sanity_check() -> None:
     assert sanity_check(torch.device("meta")) is not None  # meta tensors cannot be read back
 
 
-def test_amp_and_compile_choices() -> None:
+def test_amp_and_compile_choices(monkeypatch) -> None:
     cpu = torch.device("cpu")
+    # unset: bf16 where the CPU computes it natively (twice as fast), else float32
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
+    assert amp_settings(cpu, None) == (True, torch.bfloat16, False)
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
     assert amp_settings(cpu, None) == (False, None, False)
     assert amp_settings(cpu, True) == (True, torch.bfloat16, False)
     assert amp_settings(cpu, False) == (False, None, False)

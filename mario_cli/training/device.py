@@ -90,14 +90,16 @@ def amp_settings(
     """(enabled, autocast dtype, use GradScaler) for mixed precision.
 
     CUDA (None means on): bf16 where supported, else fp16 with a GradScaler.
-    CPU: bf16 autocast when asked for (None means off), since the numerics differ
-    from float32 and only CPUs with native bf16 are faster for it. MPS: always off;
-    a caller that got ``requested=True`` there should tell the user it was ignored.
+    CPU: bf16 autocast (None means on where the CPU computes bf16 natively, where it
+    halves the learner's cost; emulated bf16 is slower than float32). The actor and
+    critic heads stay float32 either way. MPS: always off; a caller that got
+    ``requested=True`` there should tell the user it was ignored.
     """
     if requested is False:
         return False, None, False
     if device.type == "cpu":
-        return (True, torch.bfloat16, False) if requested else (False, None, False)
+        on = requested if requested is not None else cpu_has_native_bf16()
+        return (True, torch.bfloat16, False) if on else (False, None, False)
     if device.type != "cuda":
         return False, None, False
     if torch.cuda.is_bf16_supported():

@@ -238,6 +238,8 @@ class Trainer:
             self._note(f"AMP needs CUDA or a CPU; training in float32 on {self.device.type}")
         elif amp_on and self.device.type == "cpu" and not cpu_has_native_bf16():
             self._note("this CPU has no native bfloat16 (AMX, AVX512-BF16): --amp is slower here")
+        elif amp_on and self.device.type == "cpu" and cfg.train.amp is None:
+            self._note("bf16 autocast on: this CPU computes bfloat16 natively (--no-amp: float32)")
         seed_everything(cfg.train.seed)
 
         if cfg.train.actors == "ray":
