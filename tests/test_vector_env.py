@@ -154,3 +154,23 @@ def test_config_mistakes_are_config_errors_before_any_worker_starts(
     cfg = EnvConfig(n_envs=2).model_copy(update=change)
     with pytest.raises(ConfigError, match=expected):
         VectorEnv(cfg, seed=0, mode="process", n_workers=2)
+
+
+def test_a_worker_waiting_for_commands_gets_each_once_in_order() -> None:
+    import threading
+    from multiprocessing import Pipe
+
+    from mario_cli.envs.vector import _next_command
+
+    parent, child = Pipe()
+    parent.send(("step", 1))
+    parent.send(("step", 2))
+    # queued commands come at once, in the order sent
+    assert _next_command(child, 0.001) == ("step", 1)
+    assert _next_command(child, 0.001) == ("step", 2)
+    # one sent after the worker stopped polling is still received: it blocks, not drops
+    late = threading.Timer(0.05, parent.send, args=(("close", None),))
+    late.start()
+    assert _next_command(child, 0.001) == ("close", None)
+    late.join()
+    assert not child.poll(0)
