@@ -37,6 +37,13 @@ class EnvBenchResult:
     raw_parallel_fps: float = 0.0
     host_scaling: float = 0.0
     host_scaling_rounds: list[float] = field(default_factory=list)
+    # The configured envs (cfg.n_envs) stepped as training steps them: in step_groups
+    # groups, the next group sent before the last one is collected (no policy).
+    pipelined_n_envs: int = 0
+    pipelined_groups: int = 0
+    pipelined_env_sps: float = 0.0
+    pipelined_scaling: float = 0.0
+    pipelined_scaling_rounds: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,6 +127,38 @@ def measure_vector_env_sps(
         return batches * n_envs / elapsed, venv.n_workers
 
 
+def measure_pipelined_env_sps(
+    cfg: EnvConfig, steps: int, n_workers: int | None = None, seed: int = 0
+) -> float:
+    """Agent steps/s of ``cfg.n_envs`` envs in ``cfg.step_groups`` groups, double-buffered.
+
+    This drives the vector env as training's collector does, with random actions in
+    place of the policy: every group but one is always being stepped, so a worker
+    finds its next command waiting instead of idling through a round trip.
+    """
+    with VectorEnv(
+        cfg, seed=seed, mode="process", n_workers=n_workers, n_groups=cfg.step_groups
+    ) as venv:
+        venv.reset()
+        rng = np.random.default_rng(seed)
+        n_actions = venv.single_action_space.n
+        spans = venv.groups
+        turns = max(len(spans), steps * len(spans) // venv.num_envs)
+        stepped = 0
+        start = time.perf_counter()  # filling the pipeline counts: never an overstatement
+        for span in spans:
+            venv.step_async(span, rng.integers(n_actions, size=span[1] - span[0]))
+        for turn in range(turns):
+            span = spans[turn % len(spans)]
+            venv.step_wait(span)
+            stepped += span[1] - span[0]
+            venv.step_async(span, rng.integers(n_actions, size=span[1] - span[0]))
+        elapsed = time.perf_counter() - start
+        for span in spans:  # the steps still in flight are not counted
+            venv.step_wait(span)
+        return stepped / elapsed
+
+
 def bench_env(
     cfg: EnvConfig,
     n_envs: int,
@@ -134,7 +173,7 @@ def bench_env(
     figures are their means: this host's speed drifts by ±20% from minute to minute,
     and a ratio of measurements taken side by side, round by round, drifts less.
     """
-    raws, parallels, singles, vectors = [], [], [], []
+    raws, parallels, singles, vectors, pipelined = [], [], [], [], []
     workers = 0
     processes = min(n_workers or cfg.n_workers or default_worker_count(n_envs), n_envs)
     for index in range(rounds):
@@ -150,14 +189,18 @@ def bench_env(
             cfg, n_envs, steps * max(1, n_envs // 2), n_workers
         )
         vectors.append(vector)
+        progress(f"{cfg.n_envs} envs in {cfg.step_groups} groups, as training steps them" + of)
+        pipelined.append(measure_pipelined_env_sps(cfg, steps * max(1, cfg.n_envs // 2), n_workers))
     # The ratios come from the figures as printed, so a reader can recompute them.
-    raws, parallels, singles, vectors = (
-        [round(value, 1) for value in values] for values in (raws, parallels, singles, vectors)
+    raws, parallels, singles, vectors, pipelined = (
+        [round(value, 1) for value in values]
+        for values in (raws, parallels, singles, vectors, pipelined)
     )
     raw_fps = round(float(np.mean(raws)), 1)
     raw_parallel = round(float(np.mean(parallels)), 1)
     single = round(float(np.mean(singles)), 1)
     vector = round(float(np.mean(vectors)), 1)
+    pipelined_sps = round(float(np.mean(pipelined)), 1)
     return EnvBenchResult(
         raw_fps=raw_fps,
         single_env_sps=single,
@@ -173,6 +216,11 @@ def bench_env(
         raw_parallel_fps=raw_parallel,
         host_scaling=round(raw_parallel / raw_fps, 3),
         host_scaling_rounds=[round(p / r, 3) for p, r in zip(parallels, raws, strict=True)],
+        pipelined_n_envs=cfg.n_envs,
+        pipelined_groups=cfg.step_groups,
+        pipelined_env_sps=pipelined_sps,
+        pipelined_scaling=round(pipelined_sps / single, 3),
+        pipelined_scaling_rounds=[round(v / s, 3) for v, s in zip(pipelined, singles, strict=True)],
     )
 
 

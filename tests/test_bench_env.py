@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -19,8 +20,12 @@ FIELDS = {
 }
 
 
-def test_bench_env_json_fields_are_consistent() -> None:
-    result = run_mario("bench", "env", "--json", "--steps", "40", "--n-envs", "2")
+def test_bench_env_json_fields_are_consistent(tmp_path: Path) -> None:
+    config = tmp_path / "mario.toml"
+    config.write_text("[env]\nn_envs = 4\nstep_groups = 2\n")
+    result = run_mario(
+        "bench", "env", "--json", "--steps", "40", "--n-envs", "2", "--config", str(config)
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert set(data) >= FIELDS
@@ -39,6 +44,13 @@ def test_bench_env_json_fields_are_consistent() -> None:
     assert data["host_scaling"] == pytest.approx(
         data["raw_parallel_fps"] / data["raw_fps"], abs=2e-3
     )
+    # the configured envs, stepped in groups as training steps them
+    assert data["pipelined_n_envs"] == 4 and data["pipelined_groups"] == 2
+    assert data["pipelined_env_sps"] > 0
+    assert data["pipelined_scaling"] == pytest.approx(
+        data["pipelined_env_sps"] / data["single_env_sps"], abs=2e-3
+    )
+    assert data["pipelined_scaling_rounds"] == [pytest.approx(data["pipelined_scaling"], abs=2e-3)]
 
 
 def test_bench_env_rounds_alternate_and_average() -> None:
@@ -47,6 +59,7 @@ def test_bench_env_rounds_alternate_and_average() -> None:
     data = json.loads(result.stdout)
     assert data["rounds"] == 2 and len(data["scaling_rounds"]) == 2
     assert len(data["host_scaling_rounds"]) == 2
+    assert len(data["pipelined_scaling_rounds"]) == 2
     assert all(value > 0 for value in data["scaling_rounds"])
     # the figures are the rounds' means: the overall scaling, their ratio, is a weighted
     # mean of the rounds' scalings, so it lies between them

@@ -35,7 +35,11 @@ def env(
     config: Path | None = config_path_option(),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Raw emulator frames/s, one env's agent steps/s, and N envs' steps/s."""
+    """Raw emulator frames/s, one env's agent steps/s, and N envs' steps/s.
+
+    N envs step in lockstep (every env, then wait for all). The configured envs are
+    also measured as training steps them: in [env] step_groups groups, double-buffered.
+    """
     from mario_cli.benchmark import bench_env
 
     if n_envs < 1 or steps < 1 or rounds < 1:
@@ -70,11 +74,19 @@ def env(
         f"host scaling ({result.n_workers} bare emulators at once / one)",
         f"{result.host_scaling:.2f}",
     )
+    table.add_row(
+        f"{result.pipelined_n_envs} envs in {result.pipelined_groups} groups, as training "
+        "steps them, steps/s",
+        f"{result.pipelined_env_sps:,.1f}",
+    )
+    table.add_row("pipelined scaling (that / one env)", f"{result.pipelined_scaling:.2f}")
     if result.rounds > 1:
         per_round = ", ".join(f"{value:.2f}" for value in result.scaling_rounds)
         table.add_row(f"  scaling in each of {result.rounds} rounds", per_round)
         per_round = ", ".join(f"{value:.2f}" for value in result.host_scaling_rounds)
         table.add_row(f"  host scaling in each of {result.rounds} rounds", per_round)
+        per_round = ", ".join(f"{value:.2f}" for value in result.pipelined_scaling_rounds)
+        table.add_row(f"  pipelined scaling in each of {result.rounds} rounds", per_round)
     console.print(table)
 
 
