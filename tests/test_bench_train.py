@@ -24,6 +24,8 @@ def test_bench_train_fields_and_breakdown(tmp_path: Path) -> None:
     assert data["ratio_to_ceiling"] == pytest.approx(
         data["sps"] / data["env_ceiling_sps"], abs=1e-3
     )
+    # one round: its own ceiling, measured beside it, is the ceiling
+    assert data["ratio_to_ceiling_rounds"] == [pytest.approx(data["ratio_to_ceiling"], abs=1e-3)]
     total = sum(data["breakdown"].values())
     assert total == pytest.approx(data["wall_seconds"], rel=0.10)
     assert data["breakdown"]["env_wait"] > 0 and data["breakdown"]["update"] > 0
