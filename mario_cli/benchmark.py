@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -70,10 +71,14 @@ def measure_raw_fps(cfg: EnvConfig, frames: int, seed: int = 0) -> float:
 
 
 def _raw_fps_after(barrier: Any, results: Any, cfg: EnvConfig, frames: int, seed: int) -> None:
-    import gym_super_mario_bros  # noqa: F401  (imported before the clock starts)
+    try:
+        import gym_super_mario_bros  # noqa: F401  (imported before the clock starts)
 
-    barrier.wait()
-    results.put(measure_raw_fps(cfg, frames, seed))
+        barrier.wait()
+        results.put(measure_raw_fps(cfg, frames, seed))
+    except Exception as exc:  # the parent reports it as one line
+        barrier.abort()  # the others stop waiting for this one
+        results.put(f"{type(exc).__name__}: {exc}")
 
 
 def measure_raw_fps_parallel(cfg: EnvConfig, frames: int, processes: int) -> float:
@@ -91,12 +96,32 @@ def measure_raw_fps_parallel(cfg: EnvConfig, frames: int, processes: int) -> flo
     for worker in workers:
         worker.start()
     try:
-        return sum(results.get(timeout=600) for _ in workers)
+        total = 0.0
+        for _ in workers:
+            value = _next_probe_result(results, workers)
+            if isinstance(value, str):
+                raise MarioError(f"a bare-emulator process failed: {value}")
+            total += value
+        return total
     finally:
         for worker in workers:
             worker.join(timeout=10)
             if worker.is_alive():
                 worker.kill()
+
+
+def _next_probe_result(results: Any, workers: list[Any]) -> float | str:
+    """The next figure (or error) a probe process reported; an error if one died silently."""
+    while True:
+        try:
+            return results.get(timeout=1.0)
+        except queue.Empty:
+            for worker in workers:
+                if worker.exitcode not in (None, 0):
+                    raise MarioError(
+                        f"a bare-emulator process exited with code {worker.exitcode} before "
+                        "reporting its frames/s (killed, or out of memory?): run it again"
+                    ) from None
 
 
 def measure_single_env_sps(cfg: EnvConfig, steps: int, seed: int = 0) -> float:

@@ -75,3 +75,23 @@ def test_bench_env_bad_input_is_one_line() -> None:
     result = run_mario("bench", "env", "--env-id", "SuperMarioBros-0-0-v0", "--steps", "5")
     assert result.returncode == 2
     assert "unknown env id" in result.stderr and "Traceback" not in result.stderr
+
+
+def _exit_without_reporting(*_args: object) -> None:
+    import os
+
+    os._exit(3)
+
+
+def test_a_failed_or_dead_bare_emulator_probe_is_one_clear_error(monkeypatch) -> None:
+    from mario_cli import benchmark
+    from mario_cli.config import EnvConfig
+    from mario_cli.errors import MarioError
+
+    # an error inside a probe comes back as the probe's own message
+    with pytest.raises(MarioError, match="bare-emulator process failed: ValueError"):
+        benchmark.measure_raw_fps_parallel(EnvConfig(), frames=-1, processes=2)
+    # a probe that dies without a word is named by its exit code, not waited for
+    monkeypatch.setattr(benchmark, "_raw_fps_after", _exit_without_reporting)
+    with pytest.raises(MarioError, match="exited with code 3 before reporting"):
+        benchmark.measure_raw_fps_parallel(EnvConfig(), frames=100, processes=2)
