@@ -149,7 +149,7 @@ def run_sb3_ppo(
         )
     )
     episodes: deque[Episode] = deque(maxlen=EPISODE_WINDOW)
-    deadline = time.monotonic() + minutes * 60 if minutes else None
+    deadline: float | None = None  # set when learning starts: setup is not in the budget
 
     class MarioLog(BaseCallback):
         def _on_step(self) -> bool:
@@ -183,6 +183,7 @@ def run_sb3_ppo(
         # update, without spawning the env processes, building the model or closing.
         start = time.perf_counter()
         setup = start - setup_start
+        deadline = time.monotonic() + minutes * 60 if minutes else None
         model.learn(total_timesteps=total_timesteps, callback=MarioLog())
         elapsed = time.perf_counter() - start
         steps = model.num_timesteps
