@@ -140,3 +140,22 @@ def test_recurrent_state_is_reset_exactly_at_episode_ends(tmp_path: Path) -> Non
     assert torch.equal(calls[0], torch.ones(2))  # the first step starts episodes
     for t in range(1, 120):
         assert torch.equal(calls[t], dones[t - 1])  # reset exactly after an episode ended
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_training_says_when_it_turns_bf16_on_by_itself(
+    tmp_path: Path, monkeypatch, native_bf16: bool
+) -> None:
+    from mario_cli.training import device as dev
+    from mario_cli.training import trainer as trainer_module
+
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: native_bf16)
+    cfg = small_config(tmp_path, "ppo", "none", {}, total=16)
+    assert cfg.train.amp is None  # the default: left to the CPU
+    events = run(cfg)
+    assert isinstance(events[-1], RunFinished) and events[-1].status == "finished"
+    notes = [e.message for e in events if isinstance(e, Notice) and "bf16 autocast on" in e.message]
+    # said once, with the way back to float32, only where bf16 was chosen for the user
+    assert notes == (["bf16 autocast on: this CPU computes bfloat16 natively (--no-amp: float32)"]
+                     if native_bf16 else [])  # fmt: skip
