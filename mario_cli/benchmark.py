@@ -319,6 +319,7 @@ def bench_sb3_training(cfg: MarioConfig, steps: int) -> dict[str, object]:
         "sps": round(summary["sps"], 2),
         "learn_seconds": round(summary["learn_seconds"], 3),
         "setup_seconds": round(summary["setup_seconds"], 3),
+        "collect_seconds": round(summary["collect_seconds"], 3),
     }
 
 
@@ -406,8 +407,13 @@ def bench_train(
         sb3_sps = float(np.mean([r["sps"] for r in sb3_runs]))
         result["sb3_sps"] = round(sb3_sps, 2)
         # its clock, like mario's, leaves out spawning the envs and building the model
-        for key in ("steps", "learn_seconds", "setup_seconds"):
+        for key in ("steps", "learn_seconds", "setup_seconds", "collect_seconds"):
             result[f"sb3_{key}"] = round(float(np.mean([r[key] for r in sb3_runs])), 3)
+        # where SB3's learning time goes, beside mario's breakdown: collecting rollouts
+        # (stepping, inference, returns), and the rest, its PPO update
+        result["sb3_update_seconds"] = round(
+            result["sb3_learn_seconds"] - result["sb3_collect_seconds"], 3
+        )
         result["ratio_vs_sb3"] = round(sps / sb3_sps, 3)
         if same_settings:
             result["ratio_vs_sb3_same_settings"] = round(

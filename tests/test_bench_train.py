@@ -93,5 +93,11 @@ def test_bench_train_against_sb3_like_for_like(tmp_path: Path) -> None:
     # spawn and model build are outside the clock (SB3 runs in a process of its own)
     assert data["sb3_setup_seconds"] > 0
     assert data["sb3_sps"] == pytest.approx(data["sb3_steps"] / data["sb3_learn_seconds"], rel=0.01)
+    # and its learning time split like mario's: collecting rollouts, then the update
+    assert 0 < data["sb3_collect_seconds"] < data["sb3_learn_seconds"]
+    assert data["sb3_update_seconds"] == pytest.approx(
+        data["sb3_learn_seconds"] - data["sb3_collect_seconds"], abs=2e-3
+    )
+    assert data["sb3_update_seconds"] > 0
     assert set(data["same_settings_breakdown"]) == set(data["breakdown"])
     assert data["same_settings_breakdown"]["update"] > 0

@@ -150,6 +150,7 @@ def run_sb3_ppo(
     )
     episodes: deque[Episode] = deque(maxlen=EPISODE_WINDOW)
     deadline: float | None = None  # set when learning starts: setup is not in the budget
+    collecting = {"since": 0.0, "seconds": 0.0}  # rollouts' wall time; the rest is updates
 
     class MarioLog(BaseCallback):
         def _on_step(self) -> bool:
@@ -160,7 +161,11 @@ def run_sb3_ppo(
                     sink(EpisodeEnd.of(self.num_timesteps, index, episode))
             return deadline is None or time.monotonic() < deadline
 
+        def _on_rollout_start(self) -> None:
+            collecting["since"] = time.perf_counter()
+
         def _on_rollout_end(self) -> None:
+            collecting["seconds"] += time.perf_counter() - collecting["since"]
             elapsed = time.perf_counter() - start
             metrics = {
                 names.TIME_TOTAL_TIMESTEPS: float(self.num_timesteps),
@@ -194,6 +199,7 @@ def run_sb3_ppo(
         "sps": steps / elapsed,
         "learn_seconds": elapsed,
         "setup_seconds": setup,
+        "collect_seconds": collecting["seconds"],
     }
     summary.update(rollout_metrics(list(episodes)))
     sink(RunFinished(steps, "finished", "budget reached", None, None, summary))

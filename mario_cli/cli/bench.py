@@ -165,6 +165,8 @@ def train(
         table.add_row(f"  {phase} (s)", f"{seconds:.1f}")
     if vs_sb3:
         table.add_row("Stable-Baselines3 steps/s", f"{result['sb3_sps']:,.1f}")
+        table.add_row("  collecting (s)", f"{result['sb3_collect_seconds']:.1f}")
+        table.add_row("  update (s)", f"{result['sb3_update_seconds']:.1f}")
         table.add_row("ratio vs SB3 (defaults)", f"{result['ratio_vs_sb3']:.2f}")
     if same_settings:
         table.add_row("mario, SB3's settings, steps/s", f"{result['same_settings_sps']:,.1f}")
