@@ -174,3 +174,11 @@ def test_a_worker_waiting_for_commands_gets_each_once_in_order() -> None:
     assert _next_command(child, 0.001) == ("close", None)
     late.join()
     assert not child.poll(0)
+
+
+def test_workers_poll_before_blocking_only_while_each_has_a_core() -> None:
+    from mario_cli.envs.vector import worker_spin_seconds
+
+    assert worker_spin_seconds(2, cores=2) == worker_spin_seconds(1, cores=16) > 0
+    # oversubscribed: a polling worker would take the core a stepping one needs
+    assert worker_spin_seconds(3, cores=2) == 0.0

@@ -35,8 +35,14 @@ _START_TIMEOUT_SECONDS = 300.0
 # After answering, a worker polls its pipe this long before blocking on it. A vCPU
 # that halts takes ~0.4 ms to wake on a VM, twice per lockstep step, while the
 # parent's next command usually comes within a millisecond (measured on 2 vCPUs:
-# `mario bench env` scaling 1.56-1.72 blocking at once, 1.74-1.81 polling 1 ms).
+# `mario bench env` scaling 1.26-1.54 blocking at once, 1.51-1.80 polling 1 ms).
 _SPIN_SECONDS = 0.001
+
+
+def worker_spin_seconds(n_workers: int, cores: int) -> float:
+    """How long each worker polls before blocking: only while every worker has a core,
+    since with more workers than cores one's polling takes the CPU another needs."""
+    return _SPIN_SECONDS if n_workers <= cores else 0.0
 
 
 class EnvGroup:
@@ -100,7 +106,12 @@ class _EnvStepError(Exception):
 
 
 def _worker_main(
-    conn: Connection, cfg: EnvConfig, indices: list[int], seed: int | None, n_envs: int
+    conn: Connection,
+    cfg: EnvConfig,
+    indices: list[int],
+    seed: int | None,
+    n_envs: int,
+    spin_seconds: float = 0.0,
 ) -> None:
     # Env workers do no linear algebra: one thread each, so they don't fight the learner.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -118,7 +129,7 @@ def _worker_main(
         obs_space = group.spaces[0]
         out = np.ndarray((n_envs, *obs_space.shape), dtype=obs_space.dtype, buffer=shm.buf)
         while True:
-            command, data = _next_command(conn, _SPIN_SECONDS)
+            command, data = _next_command(conn, spin_seconds)
             if command == "step":
                 conn.send(("ok", group.step(data, out)))
             elif command == "step_group":
@@ -273,13 +284,14 @@ class VectorEnv:
         self.groups = [(int(low), int(high)) for low, high in itertools.pairwise(bounds)]
         # Each group is spread over every worker, so stepping one group keeps all busy.
         shares = [np.array_split(np.arange(low, high), n_workers) for low, high in self.groups]
+        spin = worker_spin_seconds(n_workers, os.cpu_count() or 1)
         try:
             for worker in range(n_workers):
                 parent, child = ctx.Pipe()
                 indices = [int(i) for share in shares for i in share[worker]]
                 proc = ctx.Process(
                     target=_worker_main,
-                    args=(child, self.cfg, indices, self.seed, self.num_envs),
+                    args=(child, self.cfg, indices, self.seed, self.num_envs, spin),
                     daemon=True,
                 )
                 proc.start()
