@@ -152,7 +152,7 @@ def train(
     table.add_row("ratio to ceiling", f"{result['ratio_to_ceiling']:.2f}")
     if result["rounds"] > 1:
         per_round = ", ".join(f"{value:.2f}" for value in result["ratio_to_ceiling_rounds"])
-        table.add_row(f"  in each of {result['rounds']} rounds", per_round)
+        table.add_row("  ratio to ceiling, each round", per_round)
     costs = result["costs_ms"]
     table.add_row("  emulator CPU-ms per step", f"{costs['emulator_per_step']:.2f}")
     table.add_row("  inference CPU-ms per step", f"{costs['inference_per_step']:.2f}")
