@@ -255,6 +255,16 @@ def env_ceiling_sps(cfg: EnvConfig, frames: int = 1500) -> tuple[float, float]:
     return raw, raw * (os.cpu_count() or 1) / cfg.frame_skip
 
 
+# Rounds whose bare-emulator ceilings differ by more than this factor: the host drifted.
+_DRIFT_FACTOR = 1.15
+
+
+def host_drift(ceilings: list[float]) -> tuple[float, float] | None:
+    """(lowest, highest) ceiling when they differ by more than 15%, else None."""
+    low, high = min(ceilings), max(ceilings)
+    return (low, high) if high > _DRIFT_FACTOR * low else None
+
+
 def bench_mario_training(cfg: MarioConfig, steps: int) -> dict[str, object]:
     """Train the given config for ``steps`` agent steps; steps/s and where the time went."""
     import tempfile
@@ -383,6 +393,7 @@ def bench_train(
         "ratio_to_ceiling_rounds": [
             round(run["sps"] / c, 3) for run, c in zip(mario_runs, ceilings, strict=True)
         ],
+        "env_ceiling_sps_rounds": [round(c, 2) for c in ceilings],
         "breakdown": breakdown,
         "wall_seconds": round(float(np.mean([r["wall_seconds"] for r in mario_runs])), 3),
         "steps": mario_runs[0]["steps"],

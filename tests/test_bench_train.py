@@ -26,6 +26,7 @@ def test_bench_train_fields_and_breakdown(tmp_path: Path) -> None:
     )
     # one round: its own ceiling, measured beside it, is the ceiling
     assert data["ratio_to_ceiling_rounds"] == [pytest.approx(data["ratio_to_ceiling"], abs=1e-3)]
+    assert data["env_ceiling_sps_rounds"] == [pytest.approx(data["env_ceiling_sps"], abs=0.01)]
     total = sum(data["breakdown"].values())
     assert total == pytest.approx(data["wall_seconds"], rel=0.10)
     assert data["breakdown"]["env_wait"] > 0 and data["breakdown"]["update"] > 0
@@ -101,3 +102,11 @@ def test_bench_train_against_sb3_like_for_like(tmp_path: Path) -> None:
     assert data["sb3_update_seconds"] > 0
     assert set(data["same_settings_breakdown"]) == set(data["breakdown"])
     assert data["same_settings_breakdown"]["update"] > 0
+
+
+def test_a_host_whose_speed_drifted_between_rounds_is_named() -> None:
+    from mario_cli.benchmark import host_drift
+
+    assert host_drift([410.9, 357.2, 466.0]) == (357.2, 466.0)  # 30% apart: say so
+    assert host_drift([450.0, 470.0]) is None  # 4%: within one host's usual noise
+    assert host_drift([450.0]) is None

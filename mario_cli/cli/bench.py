@@ -124,7 +124,7 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Training steps/s of the default config, where the time goes, and vs SB3."""
-    from mario_cli.benchmark import bench_train
+    from mario_cli.benchmark import bench_train, host_drift
 
     if steps < 1 or rounds < 1:
         raise ConfigError("--steps and --rounds must be at least 1")
@@ -174,6 +174,15 @@ def train(
             table.add_row(f"  {phase} (s)", f"{seconds:.1f}")
         table.add_row("ratio vs SB3 (same settings)", f"{result['ratio_vs_sb3_same_settings']:.2f}")
     console.print(table)
+    drift = host_drift(result["env_ceiling_sps_rounds"])
+    if drift is not None:
+        low, high = drift
+        console.print(
+            f"[yellow]note:[/] the bare emulator ran at {low:,.0f}–{high:,.0f} steps/s between "
+            "rounds: this machine's speed drifted, so compare the per-round ratios, not "
+            "steps/s from different runs",
+            highlight=False,
+        )
 
 
 @app.command("learn")
