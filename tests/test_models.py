@@ -419,3 +419,28 @@ def test_cpu_policy_has_nhwc_conv_weights_and_same_outputs(backbone: str) -> Non
     reloaded.load_state_dict(plain.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(reloaded(obs).logits, fast.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_unit_pixels_reads_in_the_first_convs_layout_and_autocast_dtype() -> None:
+    """uint8 frames reach the first convolution already scaled to [0, 1], channels-last
+    on a channels-last model and in bf16 under bf16 autocast, with the values of
+    ``obs / 255`` (exact in float32; 0..255 are exact in bf16, then one rounding)."""
+    from mario_models.backbones import unit_pixels
+
+    obs = torch.arange(256, dtype=torch.uint8).repeat(128).reshape(2, 4, 64, 64)
+    expected = obs.float() / 255.0
+    nhwc = nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+    plain = nn.Conv2d(4, 8, 3)
+
+    fast = unit_pixels(obs, nhwc)
+    assert fast.dtype == torch.float32
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(fast, expected)
+    assert unit_pixels(obs, plain).is_contiguous()  # a plain model keeps NCHW
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = unit_pixels(obs, nhwc)
+    assert low.dtype == torch.bfloat16
+    assert low.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(low, expected.to(torch.bfloat16))
+    zeros = torch.zeros(1, 4, 8, 8)  # float input (shape probes) is scaled, never in place
+    assert torch.equal(unit_pixels(zeros + 255.0, nhwc), torch.ones(1, 4, 8, 8))

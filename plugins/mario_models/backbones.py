@@ -21,6 +21,23 @@ def orthogonal_init(module: nn.Module, gain: float = math.sqrt(2)) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def unit_pixels(obs: Tensor, first_conv: nn.Conv2d) -> Tensor:
+    """Frames scaled to [0, 1], in ``first_conv``'s memory layout and autocast's dtype.
+
+    uint8 frames are converted once, straight to what the first convolution reads:
+    transposed to channels-last while still one byte per value (on a channels-last
+    model, the CPU default), then cast to the autocast dtype if one is on. From NCHW
+    float32 frames oneDNN converts the input in the forward pass and again in the
+    backward pass, and autocast casts it again: together a fifth of a minibatch.
+    """
+    if obs.dim() == 4 and first_conv.weight.is_contiguous(memory_format=torch.channels_last):
+        obs = obs.contiguous(memory_format=torch.channels_last)
+    kind = obs.device.type
+    if obs.dtype == torch.uint8 and torch.is_autocast_enabled(kind):
+        return obs.to(torch.get_autocast_dtype(kind)).div_(255.0)  # 0..255 are exact in bf16
+    return obs / 255.0  # true division: uint8 in, float32 out, in one pass
+
+
 def _flat_size(net: nn.Module, obs_shape: tuple[int, ...]) -> int:
     with torch.no_grad():
         return int(net(torch.zeros(1, *obs_shape)).shape[1])
@@ -48,7 +65,7 @@ class NatureCNN(nn.Module):
         orthogonal_init(self)
 
     def forward(self, obs: Tensor) -> Tensor:
-        return self.fc(self.convs(obs.float() / 255.0))
+        return self.fc(self.convs(unit_pixels(obs, self.convs[0])))
 
 
 class ResidualBlock(nn.Module):
@@ -108,7 +125,7 @@ class ImpalaCNN(nn.Module):
                 nn.init.orthogonal_(block.conv1.weight, gain=RESIDUAL_OUT_GAIN)
 
     def forward(self, obs: Tensor) -> Tensor:
-        return self.fc(self.convs(obs.float() / 255.0))
+        return self.fc(self.convs(unit_pixels(obs, self.convs[0].conv)))
 
 
 def make_nature(obs_shape: tuple[int, ...], cfg: Any) -> nn.Module:
