@@ -182,3 +182,15 @@ def test_workers_poll_before_blocking_only_while_each_has_a_core() -> None:
     assert worker_spin_seconds(2, cores=2) == worker_spin_seconds(1, cores=16) > 0
     # oversubscribed: a polling worker would take the core a stepping one needs
     assert worker_spin_seconds(3, cores=2) == 0.0
+
+
+def test_workers_poll_only_after_a_lockstep_step() -> None:
+    """A lockstep caller sends the next step at once; after a group step the next
+    group's command is usually queued, and a polling worker would take the core the
+    parent needs to choose actions."""
+    from mario_cli.envs.vector import poll_seconds_after
+
+    assert poll_seconds_after("step", 0.001) == 0.001
+    for command in ("step_group", "reset", None):
+        assert poll_seconds_after(command, 0.001) == 0.0
+    assert poll_seconds_after("step", 0.0) == 0.0  # oversubscribed workers never poll

@@ -32,10 +32,14 @@ from mario_cli.errors import EnvWorkerError
 _POLL_SECONDS = 1.0
 # A worker that builds its envs slower than this is considered hung.
 _START_TIMEOUT_SECONDS = 300.0
-# After answering, a worker polls its pipe this long before blocking on it. A vCPU
-# that halts takes ~0.4 ms to wake on a VM, twice per lockstep step, while the
-# parent's next command usually comes within a millisecond (measured on 2 vCPUs:
-# `mario bench env` scaling 1.26-1.54 blocking at once, 1.51-1.80 polling 1 ms).
+# After answering a lockstep step, a worker polls its pipe this long before blocking
+# on it. A vCPU that halts takes ~0.4 ms to wake on a VM, twice per lockstep step,
+# while the parent's next command usually comes within a millisecond (measured on 2
+# vCPUs: `mario bench env` scaling 1.26-1.54 blocking at once, 1.51-1.80 polling 1 ms).
+# Not after a group step: there the next group's command is queued already for
+# ~75% of commands, and for most others the parent is busy choosing actions on the
+# core a polling worker takes (training, counted in the workers: 4% of commands
+# came while polling, 24% after a whole wasted 1 ms of it: ~2.4% of all CPU time).
 _SPIN_SECONDS = 0.001
 
 
@@ -105,6 +109,11 @@ class _EnvStepError(Exception):
         self.index = index
 
 
+def poll_seconds_after(command: str | None, spin_seconds: float) -> float:
+    """How long a worker polls for its next command after answering ``command``."""
+    return spin_seconds if command == "step" else 0.0
+
+
 def _worker_main(
     conn: Connection,
     cfg: EnvConfig,
@@ -128,8 +137,9 @@ def _worker_main(
         shm = SharedMemory(name=shm_name)
         obs_space = group.spaces[0]
         out = np.ndarray((n_envs, *obs_space.shape), dtype=obs_space.dtype, buffer=shm.buf)
+        command = None
         while True:
-            command, data = _next_command(conn, spin_seconds)
+            command, data = _next_command(conn, poll_seconds_after(command, spin_seconds))
             if command == "step":
                 conn.send(("ok", group.step(data, out)))
             elif command == "step_group":
