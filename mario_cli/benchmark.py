@@ -269,13 +269,14 @@ def bench_mario_training(cfg: MarioConfig, steps: int) -> dict[str, object]:
     """Train the given config for ``steps`` agent steps; steps/s and where the time went."""
     import tempfile
 
-    from mario_cli.costs import CpuMeter
+    from mario_cli.costs import CpuMeter, cpu_count, in_run_cpu_ms
     from mario_cli.training.trainer import Trainer
 
     rollout = cfg.algo.n_steps * cfg.env.n_envs
     cfg.train.total_timesteps = max(rollout, (steps + rollout - 1) // rollout * rollout)
     cfg.train.save_freq = 10**12
     meter = CpuMeter()
+    phase_cpu: list[dict[str, float]] = []  # the loop phases' CPU at the meter's start, stop
 
     # Measured from the end of the first iteration to the end of the last, so start-up
     # (worker spawn, first-call allocations) is not counted as idle cores.
@@ -284,19 +285,27 @@ def bench_mario_training(cfg: MarioConfig, steps: int) -> dict[str, object]:
             pids = trainer.venv.worker_pids if trainer.venv is not None else []
             if step == rollout:
                 meter.start(pids)
+                phase_cpu.append(dict(trainer.timer.cpu_seconds))
             elif step >= cfg.train.total_timesteps:
                 meter.stop(pids)
+                phase_cpu.append(dict(trainer.timer.cpu_seconds))
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg.train.artifacts_dir = Path(tmp)
         trainer = Trainer(cfg, on_iteration=on_iteration)
         finished = trainer.train()
     wall = trainer.loop_seconds
+    in_run = None
+    if len(phase_cpu) == 2:  # more than one iteration: a measured stretch
+        first, last = phase_cpu
+        spent = {phase: last[phase] - first[phase] for phase in last}
+        in_run = in_run_cpu_ms(meter, spent, finished.step - rollout, cpu_count())
     return {
         "steps": finished.step,
         "wall_seconds": round(wall, 3),
         "sps": round(finished.step / wall, 2),
         "breakdown": {k: round(v, 3) for k, v in trainer.timer.seconds.items()},
+        "in_run_cpu_ms": in_run,
         "cpu_busy": None if meter.busy is None else round(meter.busy, 3),
     }
 
@@ -410,6 +419,11 @@ def bench_train(
         "limit_sps": round(costs.limit_sps, 2),
         "ratio_to_limit": round(sps / costs.limit_sps, 3),
     }
+    measured = [r["in_run_cpu_ms"] for r in mario_runs if r["in_run_cpu_ms"] is not None]
+    if measured:  # where the cores' time went while training, beside the costs above
+        result["in_run_cpu_ms"] = {
+            part: round(float(np.mean([m[part] for m in measured])), 3) for part in measured[0]
+        }
     if same_settings:  # where its time goes: the comparison is engineering alone
         result["same_settings_sps"] = round(float(np.mean([r["sps"] for r in same_runs])), 2)
         result["same_settings_breakdown"] = _mean_breakdown(same_runs)

@@ -177,12 +177,13 @@ class CpuMeter:
         import psutil  # here, not in start(): its import would count as loop time
 
         self._psutil = psutil
-        self.cpu_seconds = 0.0
+        self.own_seconds = 0.0
+        self.worker_seconds = 0.0
         self.wall_seconds = 0.0
-        self._start: tuple[float, float] | None = None
+        self._start: tuple[float, float, float] | None = None
 
-    def _cpu(self, pids: list[int]) -> float:
-        total = time.process_time()
+    def _workers(self, pids: list[int]) -> float:
+        total = 0.0
         for pid in pids:
             try:
                 times = self._psutil.Process(pid).cpu_times()
@@ -192,14 +193,19 @@ class CpuMeter:
         return total
 
     def start(self, pids: list[int]) -> None:
-        self._start = (self._cpu(pids), time.perf_counter())
+        self._start = (time.process_time(), self._workers(pids), time.perf_counter())
 
     def stop(self, pids: list[int]) -> None:
         if self._start is None:
             return
-        cpu, wall = self._start
-        self.cpu_seconds = self._cpu(pids) - cpu
+        own, workers, wall = self._start
+        self.own_seconds = time.process_time() - own
+        self.worker_seconds = self._workers(pids) - workers
         self.wall_seconds = time.perf_counter() - wall
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.own_seconds + self.worker_seconds
 
     @property
     def busy(self) -> float | None:
@@ -207,3 +213,29 @@ class CpuMeter:
         if self.wall_seconds <= 0:
             return None
         return self.cpu_seconds / (self.wall_seconds * cpu_count())
+
+
+def in_run_cpu_ms(
+    meter: CpuMeter, phase_cpu: dict[str, float], steps: int, cores: int
+) -> dict[str, float]:
+    """Where the cores' time went during a measured stretch of training, in ms per agent
+    step: the env workers; this process while updating, in its other once-per-iteration
+    work (repair, best checks, logging), and the rest of the time: collecting (acting,
+    messages, storing); and idle cores. The parts sum to ``total_per_step`` = cores x
+    wall ÷ steps: what a step costs.
+
+    ``phase_cpu`` is the process CPU seconds of ``PhaseTimer.CPU_PHASES`` over the stretch.
+    """
+    per_step = 1000.0 / steps
+    update = phase_cpu["update"]
+    other = phase_cpu["repair"] + phase_cpu["best"] + phase_cpu["logging"]
+    total = cores * meter.wall_seconds
+    parts = {
+        "workers_per_step": meter.worker_seconds,
+        "trainer_collect_per_step": meter.own_seconds - update - other,
+        "trainer_update_per_step": update,
+        "trainer_other_per_step": other,
+        "idle_per_step": total - meter.cpu_seconds,
+        "total_per_step": total,
+    }
+    return {name: round(seconds * per_step, 3) for name, seconds in parts.items()}

@@ -17,7 +17,7 @@ def test_bench_train_fields_and_breakdown(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert {"sps", "env_ceiling_sps", "ratio_to_ceiling", "breakdown"} <= set(data)
-    phases = {"env_wait", "inference", "update", "repair", "best", "logging"}
+    phases = {"env_wait", "inference", "storing", "update", "repair", "best", "logging"}
     assert set(data["breakdown"]) == phases
     assert data["steps"] == 128
     assert data["sps"] == pytest.approx(data["steps"] / data["wall_seconds"], rel=0.01)
@@ -41,6 +41,21 @@ def test_bench_train_fields_and_breakdown(tmp_path: Path) -> None:
     assert data["ratio_to_limit"] == pytest.approx(data["sps"] / data["limit_sps"], abs=1e-3)
     # CPU busy counts this process and the env workers over the measured iterations
     assert 0 < data["cpu_busy"] <= 1.05
+    # and where those cores' time went, per agent step: the parts add up to the whole
+    in_run = data["in_run_cpu_ms"]
+    parts = {
+        "workers_per_step",
+        "trainer_collect_per_step",
+        "trainer_update_per_step",
+        "trainer_other_per_step",
+        "idle_per_step",
+    }
+    assert set(in_run) == parts | {"total_per_step"}
+    assert sum(in_run[part] for part in parts) == pytest.approx(in_run["total_per_step"], abs=0.01)
+    assert in_run["workers_per_step"] > 0 and in_run["trainer_update_per_step"] > 0
+    assert in_run["trainer_collect_per_step"] > 0
+    busy_share = 1 - in_run["idle_per_step"] / in_run["total_per_step"]
+    assert busy_share == pytest.approx(data["cpu_busy"], abs=0.01)
     # nothing is left behind by a benchmark
     assert not (tmp_path / "artifacts").exists()
 

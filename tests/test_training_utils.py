@@ -250,3 +250,28 @@ def test_cpu_steps_use_fused_adamw_with_the_same_math_and_keep_it_on_resume() ->
     resumed.load_state_dict(stepper.state_dict() | {"optimizer": plain.state_dict()})
     assert resumed.optimizer.param_groups[0]["fused"] is True
     assert resumed.optimizer.state_dict()["state"][0]["step"] == 5
+
+
+def test_phase_timer_counts_wall_seconds_and_the_update_phases_cpu() -> None:
+    """Waiting costs wall time but no CPU; computing costs both (bench train's split).
+    CPU is read only around the once-per-iteration phases."""
+    import threading
+    import time
+
+    from mario_cli.training.trainer import PhaseTimer
+
+    timer = PhaseTimer()
+    timer.owner = threading.get_ident()
+    with timer("logging"):
+        time.sleep(0.2)
+    with timer("update"):
+        end = time.process_time() + 0.1
+        while time.process_time() < end:
+            pass
+    with timer("env_wait"):
+        time.sleep(0.05)
+    assert timer.seconds["logging"] >= 0.2
+    assert timer.cpu_seconds["logging"] < 0.5 * timer.seconds["logging"]
+    assert timer.cpu_seconds["update"] >= 0.1
+    assert timer.seconds["env_wait"] >= 0.05 and "env_wait" not in timer.cpu_seconds
+    assert timer.seconds["inference"] == 0.0

@@ -110,6 +110,16 @@ def sb3(
     console.print_json(data=summary)
 
 
+# The rows of `bench train`'s in-run CPU split, in the order they are printed.
+IN_RUN_LABELS = {
+    "workers_per_step": "env workers",
+    "trainer_collect_per_step": "trainer, collecting",
+    "trainer_update_per_step": "trainer, updating",
+    "trainer_other_per_step": "trainer, other",
+    "idle_per_step": "idle cores",
+}
+
+
 @app.command("train")
 def train(
     steps: int = typer.Option(4096, "--steps", help="Agent steps of training to time."),
@@ -163,6 +173,12 @@ def train(
     table.add_row("CPU busy (all processes)", "n/a" if busy is None else f"{busy:.2f}")
     for phase, seconds in result["breakdown"].items():
         table.add_row(f"  {phase} (s)", f"{seconds:.1f}")
+    in_run = result.get("in_run_cpu_ms")
+    if in_run is not None:
+        total = f"{in_run['total_per_step']:.2f}"
+        table.add_row("in the run, CPU-ms per step (cores x wall)", total)
+        for part, label in IN_RUN_LABELS.items():
+            table.add_row(f"  {label}", f"{in_run[part]:.2f}")
     if vs_sb3:
         table.add_row("Stable-Baselines3 steps/s", f"{result['sb3_sps']:,.1f}")
         table.add_row("  collecting (s)", f"{result['sb3_collect_seconds']:.1f}")

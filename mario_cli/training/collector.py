@@ -127,31 +127,32 @@ class Collector:
                 low, high = span
                 with self.timer("env_wait"):
                     next_obs, rewards, terminated, truncated, infos = self.venv.step_wait(span)
-                rewards_t = torch.from_numpy(rewards).to(self.device)
-                cut = np.flatnonzero(truncated & ~terminated)
-                if cut.size:
-                    # A truncated episode did not end in the game: bootstrap its last value.
-                    final = torch.from_numpy(np.stack([infos[i]["final_obs"] for i in cut]))
-                    with lock, torch.inference_mode(), self.autocast():
-                        final_state = policy.select_state(state, cut)
-                        done = torch.zeros(len(cut), device=self.device)
-                        value = policy(final.to(self.device), final_state, done).value.float()
-                    rewards_t[torch.from_numpy(cut).to(self.device)] += self.gamma * value
-                dones = torch.from_numpy(terminated | truncated).to(self.device, torch.float32)
-                actions, log_probs, values = acted.pop(span)
-                storage.put(
-                    t, slice(low, high), obs[low:high], actions, log_probs, values,
-                    rewards_t, dones, starts[low:high],
-                )  # fmt: skip
-                episodes += [
-                    (step, low + i, info["episode"])
-                    for i, info in enumerate(infos)
-                    if "episode" in info
-                ]
-                for i in np.flatnonzero(terminated | truncated):
-                    self.greedy[low + i] = bool(infos[i].get("next_greedy"))
-                obs[low:high] = torch.from_numpy(next_obs).to(self.device)
-                starts[low:high] = dones
+                with self.timer("storing"):  # results into the rollout, episode ends
+                    rewards_t = torch.from_numpy(rewards).to(self.device)
+                    cut = np.flatnonzero(truncated & ~terminated)
+                    if cut.size:
+                        # A truncated episode did not end in the game: bootstrap its last value.
+                        final = torch.from_numpy(np.stack([infos[i]["final_obs"] for i in cut]))
+                        with lock, torch.inference_mode(), self.autocast():
+                            final_state = policy.select_state(state, cut)
+                            done = torch.zeros(len(cut), device=self.device)
+                            value = policy(final.to(self.device), final_state, done).value.float()
+                        rewards_t[torch.from_numpy(cut).to(self.device)] += self.gamma * value
+                    dones = torch.from_numpy(terminated | truncated).to(self.device, torch.float32)
+                    actions, log_probs, values = acted.pop(span)
+                    storage.put(
+                        t, slice(low, high), obs[low:high], actions, log_probs, values,
+                        rewards_t, dones, starts[low:high],
+                    )  # fmt: skip
+                    episodes += [
+                        (step, low + i, info["episode"])
+                        for i, info in enumerate(infos)
+                        if "episode" in info
+                    ]
+                    for i in np.flatnonzero(terminated | truncated):
+                        self.greedy[low + i] = bool(infos[i].get("next_greedy"))
+                    obs[low:high] = torch.from_numpy(next_obs).to(self.device)
+                    starts[low:high] = dones
                 if t + 1 < self.n_steps:
                     act(span)
         storage.step = self.n_steps
@@ -159,7 +160,8 @@ class Collector:
             last_value = policy(obs, state, starts).value.float()
         self.obs, self.starts, self.state = obs, starts, state
         self.steps_collected += self.n_steps * n_envs
-        batch = storage.batch(last_value, obs.clone(), initial_state)
+        with self.timer("storing"):
+            batch = storage.batch(last_value, obs.clone(), initial_state)
         batch.episodes = episodes
         return batch
 
