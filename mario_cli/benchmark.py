@@ -375,15 +375,17 @@ def bench_train(
     costs = measure_sample_costs(cfg.model_copy(deep=True))
     mario_runs, same_runs, sb3_runs, raws, ceilings = [], [], [], [], []
     for round_index in range(rounds):
-        # The ceiling is measured beside each round's training: this host's speed
-        # drifts by ±20% from minute to minute, and a ratio of figures taken minutes
-        # apart would measure the drift.
+        # The ceiling is measured just before and just after each round's training,
+        # and their mean taken: this host's speed drifts by ±20-40% from minute to
+        # minute, and a ratio of figures taken minutes apart would measure the drift.
         progress(f"bare emulator, round {round_index + 1}/{rounds}")
-        raw, ceiling = env_ceiling_sps(cfg.env)
-        raws.append(raw)
-        ceilings.append(ceiling)
+        before = env_ceiling_sps(cfg.env)
         progress(f"mario training, round {round_index + 1}/{rounds}")
         mario_runs.append(bench_mario_training(cfg.model_copy(deep=True), steps))
+        progress(f"bare emulator again, round {round_index + 1}/{rounds}")
+        after = env_ceiling_sps(cfg.env)
+        raws.append((before[0] + after[0]) / 2)
+        ceilings.append((before[1] + after[1]) / 2)
         if same_settings:
             from mario_cli.baselines.sb3_ppo import same_settings_config
 
