@@ -442,5 +442,6 @@ def test_unit_pixels_reads_in_the_first_convs_layout_and_autocast_dtype() -> Non
     assert low.dtype == torch.bfloat16
     assert low.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(low, expected.to(torch.bfloat16))
-    zeros = torch.zeros(1, 4, 8, 8)  # float input (shape probes) is scaled, never in place
-    assert torch.equal(unit_pixels(zeros + 255.0, nhwc), torch.ones(1, 4, 8, 8))
+    frames = torch.full((1, 4, 8, 8), 255.0)  # float input (shape probes) is scaled,
+    assert torch.equal(unit_pixels(frames, nhwc), torch.ones(1, 4, 8, 8))
+    assert torch.equal(frames, torch.full((1, 4, 8, 8), 255.0))  # never in place
