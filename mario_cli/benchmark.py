@@ -255,6 +255,17 @@ def env_ceiling_sps(cfg: EnvConfig, frames: int = 1500) -> tuple[float, float]:
     return raw, raw * (os.cpu_count() or 1) / cfg.frame_skip
 
 
+def env_parallel_ceiling_sps(cfg: EnvConfig, frames: int = 1500) -> float:
+    """Agent steps/s of bare emulators running on every core at once, summed.
+
+    ``env_ceiling_sps`` assumes every core emulates as fast as one alone; on a host
+    whose cores share a physical core or its caches with others, they do not, and
+    this says what the host actually gives.
+    """
+    fps = measure_raw_fps_parallel(cfg, frames, os.cpu_count() or 1)
+    return fps / cfg.frame_skip
+
+
 # Rounds whose bare-emulator ceilings differ by more than this factor: the host drifted.
 _DRIFT_FACTOR = 1.15
 
@@ -373,19 +384,26 @@ def bench_train(
 
     progress("per-sample costs: emulator, inference, learner")
     costs = measure_sample_costs(cfg.model_copy(deep=True))
-    mario_runs, same_runs, sb3_runs, raws, ceilings = [], [], [], [], []
+    mario_runs, same_runs, sb3_runs, raws, ceilings, parallels = [], [], [], [], [], []
+    cores = os.cpu_count() or 1
     for round_index in range(rounds):
-        # The ceiling is measured just before and just after each round's training,
-        # and their mean taken: this host's speed drifts by ±20-40% from minute to
+        # The ceilings are measured just before and just after each round's training,
+        # and their means taken: this host's speed drifts by ±20-40% from minute to
         # minute, and a ratio of figures taken minutes apart would measure the drift.
-        progress(f"bare emulator, round {round_index + 1}/{rounds}")
+        of = f"round {round_index + 1}/{rounds}"
+        progress(f"bare emulator, {of}")
         before = env_ceiling_sps(cfg.env)
-        progress(f"mario training, round {round_index + 1}/{rounds}")
+        progress(f"{cores} bare emulators at once, {of}")
+        parallel_before = env_parallel_ceiling_sps(cfg.env)
+        progress(f"mario training, {of}")
         mario_runs.append(bench_mario_training(cfg.model_copy(deep=True), steps))
-        progress(f"bare emulator again, round {round_index + 1}/{rounds}")
+        progress(f"bare emulator again, {of}")
         after = env_ceiling_sps(cfg.env)
+        progress(f"{cores} bare emulators at once again, {of}")
+        parallel_after = env_parallel_ceiling_sps(cfg.env)
         raws.append((before[0] + after[0]) / 2)
         ceilings.append((before[1] + after[1]) / 2)
+        parallels.append((parallel_before + parallel_after) / 2)
         if same_settings:
             from mario_cli.baselines.sb3_ppo import same_settings_config
 
@@ -396,6 +414,7 @@ def bench_train(
             sb3_runs.append(bench_sb3_training(cfg, steps))
     sps = float(np.mean([r["sps"] for r in mario_runs]))
     ceiling = float(np.mean(ceilings))
+    parallel = float(np.mean(parallels))
     breakdown = _mean_breakdown(mario_runs)
     result: dict[str, object] = {
         "sps": round(sps, 2),
@@ -405,6 +424,18 @@ def bench_train(
             round(run["sps"] / c, 3) for run, c in zip(mario_runs, ceilings, strict=True)
         ],
         "env_ceiling_sps_rounds": [round(c, 2) for c in ceilings],
+        # What the cores gave emulation all at once, and that as a share of cores x one
+        # core alone: the part of a low ratio_to_ceiling that is the host's, not mario's.
+        "env_parallel_ceiling_sps": round(parallel, 2),
+        "env_parallel_ceiling_sps_rounds": [round(p, 2) for p in parallels],
+        "host_scaling": round(parallel * cores / ceiling, 3),
+        "host_scaling_rounds": [
+            round(p * cores / c, 3) for p, c in zip(parallels, ceilings, strict=True)
+        ],
+        "ratio_to_parallel_ceiling": round(sps / parallel, 3),
+        "ratio_to_parallel_ceiling_rounds": [
+            round(run["sps"] / p, 3) for run, p in zip(mario_runs, parallels, strict=True)
+        ],
         "breakdown": breakdown,
         "wall_seconds": round(float(np.mean([r["wall_seconds"] for r in mario_runs])), 3),
         "steps": mario_runs[0]["steps"],

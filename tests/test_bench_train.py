@@ -27,6 +27,14 @@ def test_bench_train_fields_and_breakdown(tmp_path: Path) -> None:
     # one round: its own ceiling, measured beside it, is the ceiling
     assert data["ratio_to_ceiling_rounds"] == [pytest.approx(data["ratio_to_ceiling"], abs=1e-3)]
     assert data["env_ceiling_sps_rounds"] == [pytest.approx(data["env_ceiling_sps"], abs=0.01)]
+    # what the cores gave bare emulators all at once, beside cores x one alone
+    parallel = data["env_parallel_ceiling_sps"]
+    assert parallel > 0 and data["env_parallel_ceiling_sps_rounds"] == [pytest.approx(parallel)]
+    assert data["host_scaling"] == pytest.approx(
+        parallel * data["cpu_count"] / data["env_ceiling_sps"], abs=1e-3
+    )
+    assert 0 < data["host_scaling"] <= data["cpu_count"] * 1.3
+    assert data["ratio_to_parallel_ceiling"] == pytest.approx(data["sps"] / parallel, abs=1e-3)
     total = sum(data["breakdown"].values())
     assert total == pytest.approx(data["wall_seconds"], rel=0.10)
     assert data["breakdown"]["env_wait"] > 0 and data["breakdown"]["update"] > 0

@@ -163,6 +163,16 @@ def train(
     if result["rounds"] > 1:
         per_round = ", ".join(f"{value:.2f}" for value in result["ratio_to_ceiling_rounds"])
         table.add_row("  ratio to ceiling, each round", per_round)
+    cores = result["cpu_count"]
+    table.add_row(
+        f"{cores} bare emulators at once, steps/s", f"{result['env_parallel_ceiling_sps']:,.1f}"
+    )
+    table.add_row(f"  host scaling (of {cores}.00)", f"{result['host_scaling']:.2f}")
+    to_parallel = f"{result['ratio_to_parallel_ceiling']:.2f}"
+    table.add_row("ratio to all-cores-at-once ceiling", to_parallel)
+    if result["rounds"] > 1:
+        per_round = ", ".join(f"{value:.2f}" for value in result["host_scaling_rounds"])
+        table.add_row("  host scaling, each round", per_round)
     costs = result["costs_ms"]
     table.add_row("  emulator CPU-ms per step", f"{costs['emulator_per_step']:.2f}")
     table.add_row("  inference CPU-ms per step", f"{costs['inference_per_step']:.2f}")
