@@ -3,8 +3,9 @@
 Each cost is measured on its own, with nothing else running in this process:
 
 - the emulator: one env through the whole configured pipeline, CPU-ms per agent step;
-- inference: the policy acting on a batch of ``n_envs`` observations on one thread,
-  as the collector does, CPU-ms per agent step;
+- inference: the policy acting on one thread on a batch of as many observations as
+  the collector acts on at once (one group of envs, or all of them), CPU-ms per
+  agent step;
 - the learner: one full update of the configured algorithm (epochs, minibatch,
   replay) on a rollout of the configured size, CPU-ms per sample.
 
@@ -86,7 +87,11 @@ def _random_obs(shape: tuple[int, ...], rng: np.random.Generator) -> torch.Tenso
 def inference_ms_per_step(
     cfg: MarioConfig, obs_shape: tuple, n_actions: int, calls: int = 30, seed: int = 0
 ) -> float:
-    """CPU-ms per agent step of one batched policy call on one thread (as in collection)."""
+    """CPU-ms per agent step of one batched policy call on one thread, at the batch the
+    collector uses (``acting_batch``): its weights are read once a call whatever the
+    batch, so a call on 4 envs costs ~4/5 of one on 8 here, and the batch decides the
+    cost per step."""
+    from mario_cli.envs.vector import acting_batch
     from mario_cli.training.builders import build_policy
     from mario_cli.training.device import amp_settings
     from mario_cli.training.optim import GradientStepper
@@ -96,7 +101,7 @@ def inference_ms_per_step(
     _, amp_dtype, _ = amp_settings(device, cfg.train.amp)
     # The collector's autocast is the optimiser's: the same context here.
     autocast = GradientStepper(policy.parameters(), cfg.algo, 1, device, amp_dtype).autocast
-    n = cfg.env.n_envs
+    n = acting_batch(cfg.env, policy.recurrent)
     obs = _random_obs((n, *obs_shape), np.random.default_rng(seed))
     done = torch.zeros(n)
     previous = torch.get_num_threads()

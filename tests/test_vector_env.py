@@ -194,3 +194,16 @@ def test_workers_poll_only_after_a_lockstep_step() -> None:
     for command in ("step_group", "reset", None):
         assert poll_seconds_after(command, 0.001) == 0.0
     assert poll_seconds_after("step", 0.0) == 0.0  # oversubscribed workers never poll
+
+
+def test_the_collector_acts_on_one_group_of_envs_at_a_time() -> None:
+    from mario_cli.envs.vector import acting_batch, group_spans
+
+    assert group_spans(8, 2, 2) == [(0, 4), (4, 8)]
+    assert group_spans(5, 2, 2) == [(0, 2), (2, 5)]
+    assert group_spans(8, 8, 2) == [(0, 8)]  # a group needs an env in every worker
+    cfg = EnvConfig(n_envs=8, n_workers=2, step_groups=2)
+    assert acting_batch(cfg, recurrent=False) == 4
+    assert acting_batch(cfg, recurrent=True) == 8  # a recurrent policy acts on all at once
+    assert acting_batch(cfg.model_copy(update={"vector_mode": "sync"}), recurrent=False) == 8
+    assert acting_batch(cfg.model_copy(update={"n_envs": 5}), recurrent=False) == 3

@@ -222,6 +222,23 @@ def default_worker_count(n_envs: int) -> int:
     return max(1, min(n_envs, os.cpu_count() or 1))
 
 
+def group_spans(n_envs: int, n_workers: int, n_groups: int) -> list[tuple[int, int]]:
+    """Env index ranges [low, high) of ``n_groups`` groups over ``n_workers`` workers."""
+    # A group needs an env in every worker, or stepping it leaves a worker idle.
+    n_groups = max(1, min(n_groups, n_envs // n_workers))
+    bounds = np.linspace(0, n_envs, n_groups + 1).astype(int)
+    return [(int(low), int(high)) for low, high in itertools.pairwise(bounds)]
+
+
+def acting_batch(cfg: EnvConfig, recurrent: bool) -> int:
+    """How many envs the collector's policy acts on per call: its largest group, or
+    every env for a recurrent policy or in sync mode (one group)."""
+    if recurrent or cfg.vector_mode == "sync":
+        return cfg.n_envs
+    workers = min(cfg.n_workers or default_worker_count(cfg.n_envs), cfg.n_envs)
+    return max(high - low for low, high in group_spans(cfg.n_envs, workers, cfg.step_groups))
+
+
 class VectorEnv:
     """``n_envs`` copies of the configured env, batched.
 
@@ -288,10 +305,7 @@ class VectorEnv:
 
     def _start_workers(self, n_workers: int, n_groups: int) -> None:
         ctx = worker_context()
-        # A group needs an env in every worker, or stepping it leaves a worker idle.
-        n_groups = max(1, min(n_groups, self.num_envs // n_workers))
-        bounds = np.linspace(0, self.num_envs, n_groups + 1).astype(int)
-        self.groups = [(int(low), int(high)) for low, high in itertools.pairwise(bounds)]
+        self.groups = group_spans(self.num_envs, n_workers, n_groups)
         # Each group is spread over every worker, so stepping one group keeps all busy.
         shares = [np.array_split(np.arange(low, high), n_workers) for low, high in self.groups]
         spin = worker_spin_seconds(n_workers, os.cpu_count() or 1)
