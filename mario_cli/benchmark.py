@@ -270,6 +270,16 @@ def env_parallel_ceiling_sps(cfg: EnvConfig, frames: int = 1500) -> float:
 _DRIFT_FACTOR = 1.15
 
 
+# Cores that emulate together at under this share of cores x one alone: they share
+# physical cores (SMT siblings) or caches, and cores x one core overstates the ceiling.
+_SHARED_CORES_SHARE = 0.85
+
+
+def shared_cores(host_scaling: float, cores: int) -> bool:
+    """Whether all cores at once gave emulation well under cores x one core alone."""
+    return cores > 1 and host_scaling < _SHARED_CORES_SHARE * cores
+
+
 def host_drift(ceilings: list[float]) -> tuple[float, float] | None:
     """(lowest, highest) ceiling when they differ by more than 15%, else None."""
     low, high = min(ceilings), max(ceilings)

@@ -127,6 +127,15 @@ def test_bench_train_against_sb3_like_for_like(tmp_path: Path) -> None:
     assert data["same_settings_breakdown"]["update"] > 0
 
 
+def test_cores_that_emulate_well_under_their_count_together_are_named() -> None:
+    from mario_cli.benchmark import shared_cores
+
+    assert shared_cores(1.2, 2)  # two hyperthreads of one core: ~1.2x, not 2x
+    assert shared_cores(4.6, 8)  # 4 cores with 2 threads each
+    assert not shared_cores(1.9, 2)  # two cores of their own, give or take the noise
+    assert not shared_cores(1.0, 1)  # one core: nothing to share
+
+
 def test_a_host_whose_speed_drifted_between_rounds_is_named() -> None:
     from mario_cli.benchmark import host_drift
 

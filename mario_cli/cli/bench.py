@@ -134,7 +134,7 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Training steps/s of the default config, where the time goes, and vs SB3."""
-    from mario_cli.benchmark import bench_train, host_drift
+    from mario_cli.benchmark import bench_train, host_drift, shared_cores
 
     if steps < 1 or rounds < 1:
         raise ConfigError("--steps and --rounds must be at least 1")
@@ -200,6 +200,14 @@ def train(
             table.add_row(f"  {phase} (s)", f"{seconds:.1f}")
         table.add_row("ratio vs SB3 (same settings)", f"{result['ratio_vs_sb3_same_settings']:.2f}")
     console.print(table)
+    if shared_cores(result["host_scaling"], cores):
+        console.print(
+            f"[yellow]note:[/] {cores} bare emulators at once ran only "
+            f"{result['host_scaling']:.2f} times as fast as one: these cores share physical "
+            "cores (hyperthreads) or caches, so the ceiling of cores x one core is out of "
+            "reach; read the ratio to the all-cores-at-once ceiling",
+            highlight=False,
+        )
     drift = host_drift(result["env_ceiling_sps_rounds"])
     if drift is not None:
         low, high = drift
