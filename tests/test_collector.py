@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from mario_cli.config import MarioConfig
@@ -117,3 +119,33 @@ def test_greedy_probe_episodes_act_by_argmax_from_their_first_step_to_their_last
         assert bool(asked[first : last + 1, env].any()) == episode.greedy
         checked[episode.greedy] += 1
     assert checked[True] >= 1 and checked[False] >= 1, checked
+
+
+def test_one_autocast_region_around_a_rollout_changes_nothing_it_collects() -> None:
+    """The trainer holds one bf16 autocast region around a synchronous rollout, so each
+    weight is cast once per rollout instead of once per call: the same rollout."""
+    cfg = MarioConfig(env={"restarts": {"share": 0.0}})
+    cfg.env.n_envs = 2
+    cfg.model.backbone = "nature"
+    cfg.model.hidden_size = 32
+    torch.manual_seed(0)
+    policy = build_policy(cfg, (4, 84, 84), 7, torch.device("cpu"))[0]
+    cpu = torch.device("cpu")
+
+    def bf16() -> torch.autocast:
+        return torch.autocast("cpu", torch.bfloat16)
+
+    batches = []
+    for region in (contextlib.nullcontext, bf16):
+        torch.manual_seed(1)  # the same sampled actions, if the probabilities are the same
+        with VectorEnv(cfg.env, seed=5, mode="sync") as venv:
+            collector = Collector(venv, 16, 0.9, cpu, autocast=bf16)
+            collector.reset(5, policy, 0)
+            with region():
+                storage = RolloutStorage(16, 2, (4, 84, 84), cpu)
+                batches.append(collector.collect(policy, storage, lambda: False))
+    per_call, one_region = batches
+    assert torch.equal(per_call.actions, one_region.actions)
+    assert torch.equal(per_call.log_probs, one_region.log_probs)
+    assert torch.equal(per_call.values, one_region.values)
+    assert torch.equal(per_call.obs, one_region.obs)

@@ -80,6 +80,11 @@ class Collector:
         current weights: no policy lag. A recurrent policy steps all envs as one group
         (cores can select a sub-batch's state, not write one back).
 
+        The policy runs under ``no_grad``, not ``inference_mode``: a caller whose weights
+        stay fixed through the rollout can hold one autocast region around the whole
+        call, and autocast then casts each weight once per rollout instead of once per
+        call (it caches only outside inference mode). The actions are the same.
+
         An env whose episode is a greedy probe (its reset info said ``"greedy"``) acts
         by argmax until the episode ends. Those steps train like the others: argmax is
         the policy's most likely action, so treating it as sampled biases the update
@@ -104,7 +109,7 @@ class Collector:
             low, high = span
             greedy = self.greedy[low:high]
             probing = {"deterministic": greedy} if bool(greedy.any()) else {}
-            with self.timer("inference"), lock, torch.inference_mode(), self.autocast():
+            with self.timer("inference"), lock, torch.no_grad(), self.autocast():
                 actions, log_probs, values, state = policy.act(
                     obs[low:high], state, starts[low:high], **probing
                 )
@@ -133,7 +138,7 @@ class Collector:
                     if cut.size:
                         # A truncated episode did not end in the game: bootstrap its last value.
                         final = torch.from_numpy(np.stack([infos[i]["final_obs"] for i in cut]))
-                        with lock, torch.inference_mode(), self.autocast():
+                        with lock, torch.no_grad(), self.autocast():
                             final_state = policy.select_state(state, cut)
                             done = torch.zeros(len(cut), device=self.device)
                             value = policy(final.to(self.device), final_state, done).value.float()
@@ -156,7 +161,7 @@ class Collector:
                 if t + 1 < self.n_steps:
                     act(span)
         storage.step = self.n_steps
-        with self.timer("inference"), lock, torch.inference_mode(), self.autocast():
+        with self.timer("inference"), lock, torch.no_grad(), self.autocast():
             last_value = policy(obs, state, starts).value.float()
         self.obs, self.starts, self.state = obs, starts, state
         self.steps_collected += self.n_steps * n_envs
