@@ -451,7 +451,7 @@ def bench_train(
         "steps": mario_runs[0]["steps"],
         "raw_fps": round(float(np.mean(raws)), 1),
         "n_envs": cfg.env.n_envs,
-        "cpu_count": os.cpu_count() or 1,
+        "cpu_count": cores,
         "rounds": rounds,
         "cpu_busy": _mean_or_none([r["cpu_busy"] for r in mario_runs]),
         "costs_ms": {

@@ -107,7 +107,9 @@ def inference_ms_per_step(
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with torch.inference_mode(), autocast():
+        # As the trainer collects: one autocast region, no_grad (autocast then casts the
+        # weights once, at the warm-up call, and not again; inference_mode would stop it).
+        with torch.no_grad(), autocast():
             state = policy.initial_state(n)
             policy.act(obs, state, done)  # warm-up: first-call allocations
             start = time.process_time()
