@@ -142,3 +142,14 @@ def test_a_host_whose_speed_drifted_between_rounds_is_named() -> None:
     assert host_drift([410.9, 357.2, 466.0]) == (357.2, 466.0)  # 30% apart: say so
     assert host_drift([450.0, 470.0]) is None  # 4%: within one host's usual noise
     assert host_drift([450.0]) is None
+
+
+def test_one_rollout_table_says_why_cpu_busy_is_missing(tmp_path: Path) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text("[env]\nn_envs = 2\n[algo]\nn_steps = 32\nbatch_size = 32\nn_epochs = 1\n")
+    result = run_mario("bench", "train", "--steps", "64", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    busy_row = next(line for line in result.stdout.splitlines() if "CPU busy" in line)
+    assert "n/a" in busy_row
+    note = " ".join(result.stdout.split())
+    assert "from the end of the first rollout (64 steps) on: use --steps 128 or more" in note

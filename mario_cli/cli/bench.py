@@ -208,6 +208,13 @@ def train(
             "reach; read the ratio to the all-cores-at-once ceiling",
             highlight=False,
         )
+    if busy is None:
+        rollout = cfg.algo.n_steps * cfg.env.n_envs
+        console.print(
+            f"[yellow]note:[/] CPU busy and the CPU split in the run are measured from the end "
+            f"of the first rollout ({rollout:,} steps) on: use --steps {2 * rollout} or more",
+            highlight=False,
+        )
     drift = host_drift(result["env_ceiling_sps_rounds"])
     if drift is not None:
         low, high = drift
