@@ -118,6 +118,46 @@ def test_a_check_scores_what_mario_eval_sees_and_stops_once_it_cannot_win() -> N
         check.close()
 
 
+class ActsOnWhatItSees(nn.Module):
+    """A policy whose action is a function of the frames, so every start plays its own path."""
+
+    recurrent = False
+
+    def act(self, obs, state=None, done=None, deterministic=False):
+        n = obs.shape[0]
+        actions = obs.flatten(1).long().sum(dim=1) % 7
+        return actions, torch.zeros(n), torch.zeros(n), state
+
+
+def test_stepping_the_paths_in_threads_plays_the_same_paths() -> None:
+    from mario_cli.training import best_check
+
+    cfg = MarioConfig.model_validate({"train": {"best_noop_max": 11}})  # 12 starts, 8 at once
+    outcomes = {}
+    for threads in (1, 3):
+        check = GreedyBestCheck(cfg, ActsOnWhatItSees(), torch.device("cpu"), step_threads=threads)
+        assert check.step_threads == threads
+        played = []
+        real_advance = best_check._Path.advance
+
+        def advance(path, info, done, played=played, real_advance=real_advance):
+            ended = real_advance(path, info, done)
+            if ended is not None:
+                played.append((path.noop, path.steps, *ended))
+            return ended
+
+        best_check._Path.advance = advance
+        try:
+            check.score(None)
+        finally:
+            best_check._Path.advance = real_advance
+            check.close()
+        outcomes[threads] = sorted(played)
+    assert len(outcomes[1]) == 12
+    assert len({(steps, x) for _, steps, _, x in outcomes[1]}) > 1  # the paths differ
+    assert outcomes[3] == outcomes[1]
+
+
 def test_best_of_another_kind_is_replaced_by_the_first_greedy_score(tmp_path: Path) -> None:
     manager = CheckpointManager(tmp_path, keep=2)
     assert manager.save_best({"tag": "old"}, 8_000.0)  # rollout-scored (the default)

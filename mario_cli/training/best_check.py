@@ -13,12 +13,16 @@ learner's own env without restarts, 8 starts at a time. It stops early once best
 out of reach, or very likely so (:func:`out_of_reach`); a check that stops never saves.
 A path that makes no progress for ``STALL_STEPS`` steps
 is scored as it stands (greedy play stuck at a wall stays stuck until the time-out).
+The env workers are idle during a check, so the paths' envs step in one thread per
+core: nes-py releases the GIL while it emulates, and each path has its own env.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,10 +167,18 @@ def clears_of(score: float, starts: int) -> int:
 class GreedyBestCheck:
     """Plays the policy greedily from every eval start and scores it for ``best.pt``."""
 
-    def __init__(self, cfg: MarioConfig, policy: torch.nn.Module, device: torch.device) -> None:
+    def __init__(
+        self,
+        cfg: MarioConfig,
+        policy: torch.nn.Module,
+        device: torch.device,
+        step_threads: int | None = None,
+    ) -> None:
         from mario_cli.envs.factory import stage_specs
 
         self.cfg = cfg
+        # Threads stepping the paths' envs (default: one per core, at most one per path).
+        self.step_threads = min(PARALLEL_PATHS, step_threads or os.cpu_count() or 1)
         self.policy = policy
         self.device = device
         self.specs = stage_specs(cfg.env)
@@ -197,7 +209,7 @@ class GreedyBestCheck:
         began = time.perf_counter()
         threads = torch.get_num_threads()
         was_training = self.policy.training
-        torch.set_num_threads(1)  # the env workers are idle, but one core steps the paths
+        torch.set_num_threads(1)  # batch-8 inference; the paths' envs step on every core
         self.policy.eval()  # as eval plays it (noisy heads off)
         total = len(self.starts)
         try:
@@ -214,7 +226,7 @@ class GreedyBestCheck:
 
     def _play_all(self, best_score: float | None) -> list[tuple[bool, int]]:
         """(cleared, max x) of each start played, ``PARALLEL_PATHS`` at a time in lockstep:
-        one batched forward per step, each path's env stepped in turn."""
+        one batched forward per step, then every path's env stepped, in threads."""
         queue = deque(self.starts)
         width = min(PARALLEL_PATHS, len(queue))
         paths: list[_Path | None] = [None] * width
@@ -237,20 +249,33 @@ class GreedyBestCheck:
 
         for row in range(width):
             begin(row)
+        pool = ThreadPoolExecutor(self.step_threads) if self.step_threads > 1 else None
         try:
             while any(path is not None for path in paths):
                 with torch.inference_mode():
                     batch = torch.from_numpy(obs).to(self.device)
                     actions, _, _, state = self.policy.act(batch, state, starts, deterministic=True)
                 starts.zero_()
-                for row, path in enumerate(paths):
-                    if path is None:
-                        continue
-                    action = int(actions[row])
-                    if self.keep_clears:
+                live = [
+                    (row, path, int(actions[row]))
+                    for row, path in enumerate(paths)
+                    if path is not None
+                ]
+                if self.keep_clears:
+                    for row, path, action in live:
                         path.observations.append(obs[row].copy())
                         path.actions.append(action)
-                    obs[row], _, terminated, truncated, info = path.env.step(action)
+                # Every path steps before any outcome is read: each has its own env, so the
+                # outcomes are the same as stepping them one by one.
+                steps = [(path.env, action) for _, path, action in live]
+                if pool is None:
+                    stepped = list(map(_step, steps))
+                else:  # one task per thread: per-task overhead and GIL hand-offs are per call
+                    share = -(-len(steps) // self.step_threads)
+                    chunks = [steps[i : i + share] for i in range(0, len(steps), share)]
+                    stepped = [r for chunk in pool.map(_step_all, chunks) for r in chunk]
+                for (row, path, _), result in zip(live, stepped, strict=True):
+                    obs[row], _, terminated, truncated, info = result
                     outcome = path.advance(info, terminated or truncated)
                     if outcome is None:
                         continue
@@ -268,6 +293,8 @@ class GreedyBestCheck:
                     if queue:
                         begin(row)
         finally:
+            if pool is not None:
+                pool.shutdown()
             for path in paths:
                 if path is not None:
                     self._free[path.stage].append(path.env)
@@ -289,3 +316,12 @@ class GreedyBestCheck:
             env.close()
         self._envs.clear()
         self._free.clear()
+
+
+def _step(env_and_action: tuple[Any, int]) -> tuple[Any, ...]:
+    env, action = env_and_action
+    return env.step(action)
+
+
+def _step_all(steps: list[tuple[Any, int]]) -> list[tuple[Any, ...]]:
+    return [_step(step) for step in steps]
