@@ -19,6 +19,7 @@ because nothing in the NES is random.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,6 +265,7 @@ def first_repair(
     horizon: int = 80,
     max_env_steps: int | None = None,
     lengths: Sequence[int] = (1,),
+    more_envs: Sequence[Any] = (),
 ) -> RepairSearch:
     """Search the last ``window`` steps of ``path`` from its end backwards for a
     change, one of ``actions`` held for ``length`` steps, that gets ``margin`` px past
@@ -273,41 +275,86 @@ def first_repair(
     step, a clear beats the furthest x. The search stops once its trials have stepped
     the env ``max_env_steps`` times (a trial whose restore does not reproduce the path
     replays it from the stage start, which can cost thousands of steps).
+
+    ``more_envs`` (envs of the same stage) play a step's trials in threads, one env
+    each (nes-py releases the GIL while it emulates); the result is the same.
     """
     target = path.max_x + margin
     trials = used = 0
-    for length in lengths:
-        for step in range(len(path.actions) - 1, max(0, len(path.actions) - window) - 1, -1):
-            best: tuple[Trial, int, bool] | None = None
-            for action in actions:
-                first = [action] * length
-                if first == path.actions[step : step + length]:
-                    continue  # the path's own steps
-                if max_env_steps is not None and used >= max_env_steps:
+    envs = [env, *more_envs]
+    pool = ThreadPoolExecutor(len(envs)) if len(envs) > 1 else None
+    try:
+        for length in lengths:
+            for step in range(len(path.actions) - 1, max(0, len(path.actions) - window) - 1, -1):
+                firsts = [
+                    (action, [action] * length)
+                    for action in actions
+                    if [action] * length != path.actions[step : step + length]  # not its own
+                ]
+                if firsts and max_env_steps is not None and used >= max_env_steps:
                     return RepairSearch(None, trials, used, True)
-                obs, life, exact = _start_at(env, path, step)
-                trial = _play_on(env, obs, choose, first, horizon, life, target, record=True)
-                trials += 1
-                used += min(step, REPLAY_STEPS) + (0 if exact else step) + len(trial.actions)
-                if len(trial.actions) < length or not (trial.cleared or trial.max_x >= target):
-                    continue
-                if best is None or (trial.cleared, trial.max_x) > (
-                    best[0].cleared,
-                    best[0].max_x,
-                ):
-                    best = (trial, action, exact)
-            if best is not None:
-                trial, action, exact = best
-                deviation = Deviation(
-                    step, _x_before(path, step), action, length, trial.max_x, trial.cleared, exact
-                )
-                repair = Repair(
-                    deviation,
-                    path.observations[:step] + trial.observations,
-                    path.actions[:step] + trial.actions,
-                )
-                return RepairSearch(repair, trials, used, False)
+                played = _play_trials(envs, pool, path, step, firsts, choose, horizon, target)
+                best: tuple[Trial, int, bool] | None = None
+                for (action, _), (trial, exact) in zip(firsts, played, strict=True):
+                    if max_env_steps is not None and used >= max_env_steps:
+                        return RepairSearch(None, trials, used, True)
+                    trials += 1
+                    used += min(step, REPLAY_STEPS) + (0 if exact else step) + len(trial.actions)
+                    if len(trial.actions) < length or not (trial.cleared or trial.max_x >= target):
+                        continue
+                    if best is None or (trial.cleared, trial.max_x) > (
+                        best[0].cleared,
+                        best[0].max_x,
+                    ):
+                        best = (trial, action, exact)
+                if best is not None:
+                    trial, action, exact = best
+                    deviation = Deviation(
+                        step,
+                        _x_before(path, step),
+                        action,
+                        length,
+                        trial.max_x,
+                        trial.cleared,
+                        exact,
+                    )
+                    repair = Repair(
+                        deviation,
+                        path.observations[:step] + trial.observations,
+                        path.actions[:step] + trial.actions,
+                    )
+                    return RepairSearch(repair, trials, used, False)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return RepairSearch(None, trials, used, False)
+
+
+def _play_trials(
+    envs: list[Any],
+    pool: ThreadPoolExecutor | None,
+    path: GreedyPath,
+    step: int,
+    firsts: list[tuple[int, list[int]]],
+    choose: Chooser,
+    horizon: int,
+    target: int,
+) -> list[tuple[Trial, bool]]:
+    """Each change in ``firsts`` tried at ``step``: (trial, exact restore), in order;
+    env ``i`` plays changes ``i``, ``i + len(envs)``, ... one after another."""
+
+    def play_share(index: int) -> list[tuple[int, tuple[Trial, bool]]]:
+        env, done = envs[index], []
+        for k in range(index, len(firsts), len(envs)):
+            obs, life, exact = _start_at(env, path, step)
+            trial = _play_on(env, obs, choose, firsts[k][1], horizon, life, target, record=True)
+            done.append((k, (trial, exact)))
+        return done
+
+    shares = range(min(len(envs), len(firsts)))
+    results = pool.map(play_share, shares) if pool is not None else map(play_share, shares)
+    by_change = sorted((pair for share in results for pair in share), key=lambda pair: pair[0])
+    return [played for _, played in by_change]
 
 
 def replay_from_start(env: Any, noop_frames: int, actions: Sequence[int]) -> Trial:

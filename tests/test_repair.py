@@ -80,6 +80,27 @@ def test_the_repaired_path_is_a_real_path_past_the_death() -> None:
     env.close()
 
 
+def test_a_search_in_threads_finds_the_same_repair_at_the_same_cost() -> None:
+    cfg = EnvConfig(reward={"no_progress_cut_steps": 0}, restarts={"share": 0.0})
+    env, *more = [make_env(cfg) for _ in range(3)]
+    path = greedy_path(env, hold_right_a_b, keep_states=30)
+    for budget in (None, 200):
+        alone = first_repair(env, hold_right_a_b, path, 24, range(len(NAMES)), max_env_steps=budget)
+        threaded = first_repair(
+            env, hold_right_a_b, path, 24, range(len(NAMES)), max_env_steps=budget, more_envs=more
+        )
+        assert (threaded.trials, threaded.env_steps) == (alone.trials, alone.env_steps)
+        assert threaded.out_of_budget == alone.out_of_budget == (budget is not None)
+        if budget is None:
+            assert alone.repair is not None and threaded.repair is not None
+            assert threaded.repair.deviation == alone.repair.deviation
+            assert threaded.repair.actions == alone.repair.actions
+            pairs = zip(threaded.repair.observations, alone.repair.observations, strict=True)
+            assert all(np.array_equal(a, b) for a, b in pairs)
+    for each in (env, *more):
+        each.close()
+
+
 def test_candidates_are_every_action_or_those_without_a() -> None:
     assert candidate_actions("simple", "all") == list(range(7))
     release = candidate_actions("simple", "release")

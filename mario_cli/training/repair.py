@@ -25,6 +25,8 @@ enter ``rollout/*``, ``best.pt`` or eval, and are reported as ``repair/*``.
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -98,7 +100,12 @@ class PathRepair:
     """The learner's greedy checks and the imitation of what they repaired."""
 
     def __init__(
-        self, cfg: MarioConfig, policy: torch.nn.Module, optimiser: Any, device: torch.device
+        self,
+        cfg: MarioConfig,
+        policy: torch.nn.Module,
+        optimiser: Any,
+        device: torch.device,
+        search_threads: int | None = None,
     ) -> None:
         from mario_cli.envs.factory import stage_specs
 
@@ -121,6 +128,10 @@ class PathRepair:
         self.seconds = 0.0
         self.next_check: int | None = None
         self._envs: dict[str, Any] = {}
+        # The env workers are idle during a check: the search's trials play in one
+        # thread per core, each on its own env (its first is the check's own env).
+        self.search_threads = max(1, search_threads or os.cpu_count() or 1)
+        self._search_envs: dict[str, list[Any]] = {}
         self._rng = np.random.default_rng([cfg.train.seed, 0x9E9A])  # reseeded at the first update
         self._batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._last: dict[str, float] = {}
@@ -172,6 +183,7 @@ class PathRepair:
                     self.settings.repair_margin,
                     max_env_steps=SEARCH_STEPS,
                     lengths=self.settings.repair_lengths,
+                    more_envs=self._more_envs(spec),
                 )
                 if search.repair is not None:
                     verified = self._verify(env, noop, search, path.max_x)
@@ -247,6 +259,15 @@ class PathRepair:
                 return int(self.policy(batch).logits.argmax(dim=-1)[0])
 
         return choose
+
+    def _more_envs(self, spec: StageSpec) -> list[Any]:
+        """Envs of ``spec``'s stage besides the check's own, one per extra search thread."""
+        from mario_cli.envs import make_env
+
+        envs = self._search_envs.setdefault(spec.label, [])
+        while len(envs) < self.search_threads - 1:
+            envs.append(make_env(stage_env_config(self.cfg, spec)))
+        return envs
 
     def _env(self, spec: StageSpec) -> Any:
         from mario_cli.envs import make_env
@@ -357,6 +378,7 @@ class PathRepair:
         return losses, accuracy, fix_accuracy
 
     def close(self) -> None:
-        for env in self._envs.values():
+        for env in [*self._envs.values(), *itertools.chain(*self._search_envs.values())]:
             env.close()
         self._envs.clear()
+        self._search_envs.clear()
