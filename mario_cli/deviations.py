@@ -210,22 +210,16 @@ def saving_deviations(
                 obs, life, exact = _start_at(env, path, step)
                 trial = _play_on(env, obs, choose, [action] * length, horizon, life)
                 if trial.cleared or trial.max_x >= target:
-                    saved.append(
-                        Deviation(
-                            step,
-                            _x_before(path, step),
-                            action,
-                            length,
-                            trial.max_x,
-                            trial.cleared,
-                            exact,
-                        )
-                    )
+                    saved.append(_deviation(path, step, action, length, trial, exact))
     return saved
 
 
-def _x_before(path: GreedyPath, step: int) -> int:
-    return path.xs[step - 1] if step > 0 else 0
+def _deviation(
+    path: GreedyPath, step: int, action: int, length: int, trial: Trial, exact: bool
+) -> Deviation:
+    """``action`` held ``length`` steps from ``step`` of ``path``, as ``trial`` played it."""
+    x = path.xs[step - 1] if step > 0 else 0
+    return Deviation(step, x, action, length, trial.max_x, trial.cleared, exact)
 
 
 @dataclass
@@ -309,17 +303,8 @@ def first_repair(
                         best = (trial, action, exact)
                 if best is not None:
                     trial, action, exact = best
-                    deviation = Deviation(
-                        step,
-                        _x_before(path, step),
-                        action,
-                        length,
-                        trial.max_x,
-                        trial.cleared,
-                        exact,
-                    )
                     repair = Repair(
-                        deviation,
+                        _deviation(path, step, action, length, trial, exact),
                         path.observations[:step] + trial.observations,
                         path.actions[:step] + trial.actions,
                     )
