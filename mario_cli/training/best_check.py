@@ -13,7 +13,8 @@ learner's own env without restarts, 8 starts at a time. It stops early once best
 out of reach, or very likely so (:func:`out_of_reach`); a check that stops never saves.
 A path that makes no progress for ``STALL_STEPS`` steps
 is scored as it stands (greedy play stuck at a wall stays stuck until the time-out).
-The env workers are idle during a check, so the paths' envs step in one thread per
+The env workers are idle during a check (in synchronous training; IMPALA's actor may
+still be filling its one queued rollout), so the paths' envs step in one thread per
 core: nes-py releases the GIL while it emulates, and each path has its own env.
 """
 

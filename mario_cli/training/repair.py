@@ -128,8 +128,8 @@ class PathRepair:
         self.seconds = 0.0
         self.next_check: int | None = None
         self._envs: dict[str, Any] = {}
-        # The env workers are idle during a check: the search's trials play in one
-        # thread per core, each on its own env (its first is the check's own env).
+        # The env workers are idle during a check (synchronous training): the search's
+        # trials play in one thread per core, each on its own env (the first: the check's).
         self.search_threads = max(1, search_threads or os.cpu_count() or 1)
         self._search_envs: dict[str, list[Any]] = {}
         self._rng = np.random.default_rng([cfg.train.seed, 0x9E9A])  # reseeded at the first update
