@@ -127,6 +127,16 @@ def _repair_for(tmp_path: Path, **repair: object) -> PathRepair:
     return PathRepair(cfg, policy, optimiser, torch.device("cpu"))
 
 
+def test_a_search_uses_no_more_threads_than_a_step_has_changes(tmp_path: Path) -> None:
+    import os
+
+    repair = _repair_for(tmp_path)
+    assert len(repair.candidates) == 7  # simple movement: every action may be a change
+    assert repair.search_threads == min(os.cpu_count() or 1, 7)
+    on_64_cores = PathRepair(repair.cfg, repair.policy, repair.optimiser, repair.device, 64)
+    assert on_64_cores.search_threads == 7
+
+
 def test_imitation_teaches_the_kept_paths_with_the_fix_in_every_batch(tmp_path: Path) -> None:
     repair = _repair_for(tmp_path, repair_batch=8, repair_steps=4)
     assert repair.imitate() == {}  # nothing kept: no step, no metrics

@@ -129,8 +129,10 @@ class PathRepair:
         self.next_check: int | None = None
         self._envs: dict[str, Any] = {}
         # The env workers are idle during a check (synchronous training): the search's
-        # trials play in one thread per core, each on its own env (the first: the check's).
-        self.search_threads = max(1, search_threads or os.cpu_count() or 1)
+        # trials play in one thread per core, each on its own env (the first: the check's),
+        # and no more threads than a step has changes to try.
+        threads = search_threads or os.cpu_count() or 1
+        self.search_threads = max(1, min(threads, len(self.candidates)))
         self._search_envs: dict[str, list[Any]] = {}
         self._rng = np.random.default_rng([cfg.train.seed, 0x9E9A])  # reseeded at the first update
         self._batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
