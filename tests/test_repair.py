@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -128,8 +129,6 @@ def _repair_for(tmp_path: Path, **repair: object) -> PathRepair:
 
 
 def test_a_search_uses_no_more_threads_than_a_step_has_changes(tmp_path: Path) -> None:
-    import os
-
     repair = _repair_for(tmp_path)
     assert len(repair.candidates) == 7  # simple movement: every action may be a change
     assert repair.search_threads == min(os.cpu_count() or 1, 7)

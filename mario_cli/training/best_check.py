@@ -270,7 +270,7 @@ class GreedyBestCheck:
                 # outcomes are the same as stepping them one by one.
                 steps = [(path.env, action) for _, path, action in live]
                 if pool is None:
-                    stepped = list(map(_step, steps))
+                    stepped = _step_all(steps)
                 else:  # one task per thread: per-task overhead and GIL hand-offs are per call
                     share = -(-len(steps) // self.step_threads)
                     chunks = [steps[i : i + share] for i in range(0, len(steps), share)]
@@ -319,10 +319,5 @@ class GreedyBestCheck:
         self._free.clear()
 
 
-def _step(env_and_action: tuple[Any, int]) -> tuple[Any, ...]:
-    env, action = env_and_action
-    return env.step(action)
-
-
 def _step_all(steps: list[tuple[Any, int]]) -> list[tuple[Any, ...]]:
-    return [_step(step) for step in steps]
+    return [env.step(action) for env, action in steps]

@@ -58,8 +58,8 @@ def frames_as_policy_reads(batch: RolloutBatch, policy: nn.Module) -> RolloutBat
 
 def _rows(obs: Tensor, idx: Tensor) -> Tensor:
     """``obs[idx]`` along the first dim, in ``obs``'s own layout, channels-last included."""
-    channels_last = obs.dim() == 4 and not obs.is_contiguous()
-    if channels_last and obs.is_contiguous(memory_format=torch.channels_last):
+    strided = obs.dim() == 4 and not obs.is_contiguous()
+    if strided and obs.is_contiguous(memory_format=torch.channels_last):
         # index_select would return NCHW: gather the NHWC rows and view them back
         return obs.permute(0, 2, 3, 1).index_select(0, idx).permute(0, 3, 1, 2)
     # index_select copies whole rows; obs[idx] runs the general gather, ~30x slower
