@@ -277,8 +277,8 @@ class EnvConfig(Section):
         2,
         ge=1,
         le=8,
-        description="Env groups stepped in turn, acting for one while the others step "
-        "(1: off; recurrent policies use 1).",
+        description="Env groups stepped in turn while the trainer acts for another "
+        "(1: off; recurrent policies use 1; unused when the workers act).",
     )
     vector_mode: Literal["process", "sync"] = Field(
         "process", description="process: worker processes; sync: all envs in-process (debug)."
@@ -442,6 +442,11 @@ class TrainConfig(Section):
     compile: bool | None = Field(None, description="torch.compile the policy (None: auto).")
     torch_threads: int = Field(
         0, ge=0, description="Update threads (0: one per core; collection uses 1)."
+    )
+    acting: Literal["auto", "trainer", "workers"] = Field(
+        "auto",
+        description="Who chooses the actions in collection: the trainer, or each env worker "
+        "with a policy copy (auto: workers for synchronous feed-forward training on CPU).",
     )
     actors: Literal["thread", "ray"] = Field(
         "thread", description="Where IMPALA's actors run: a thread here, or Ray actors."

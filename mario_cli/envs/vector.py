@@ -19,6 +19,8 @@ import signal
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
+from multiprocessing import connection as mp_connection
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
@@ -30,6 +32,8 @@ from mario_cli.errors import EnvWorkerError
 
 # How long to wait on a worker before checking that its process is still alive.
 _POLL_SECONDS = 1.0
+# How often the parent looks at its stop request while the workers play a rollout.
+_STOP_POLL_SECONDS = 0.05
 # A worker that builds its envs slower than this is considered hung.
 _START_TIMEOUT_SECONDS = 300.0
 # After answering a lockstep step, a worker polls its pipe this long before blocking
@@ -130,6 +134,7 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     shm = None
     group = None
+    actor = None  # attached by VectorEnv.attach_actors: plays whole rollouts here
     try:
         group = EnvGroup(cfg, indices, seed)
         conn.send(("ready", group.spaces))
@@ -146,7 +151,16 @@ def _worker_main(
                 actions, only = data
                 conn.send(("ok", group.step(actions, out, only)))
             elif command == "reset":
-                conn.send(("ok", group.reset(out, data)))
+                infos = group.reset(out, data)
+                if actor is not None:
+                    actor.on_reset(infos)
+                conn.send(("ok", infos))
+            elif command == "rollout":
+                conn.send(("ok", actor.play(group, out, data)))
+            elif command == "actor":
+                make_actor, setup, worker = data
+                actor = make_actor(setup, indices, worker)
+                conn.send(("ok", None))
             elif command == "close":
                 conn.send(("ok", None))
                 break
@@ -158,6 +172,8 @@ def _worker_main(
         detail = f"{type(exc).__name__}: {exc}"
         _send_quietly(conn, ("error", (indices[0], detail + "\n" + traceback.format_exc())))
     finally:
+        if actor is not None:
+            actor.close()
         if group is not None:
             group.close()
         if shm is not None:
@@ -440,6 +456,47 @@ class VectorEnv:
                 raise RuntimeError(f"step_wait({span}) without step_async({span})")
             results = _results_in_env_order(by_worker)
         return self._obs[low:high].copy(), *_stacked(results)
+
+    def attach_actors(self, make_actor: Callable[..., Any], setup: Any) -> None:
+        """Give every worker an actor, ``make_actor(setup, env indices, worker index)``,
+        that plays whole rollouts of its envs there (:meth:`play_rollout`).
+
+        The actor has ``on_reset(infos)``, called after each reset of its envs,
+        ``play(group, observations, arg)`` and ``close()``. Process mode only.
+        """
+        if self._group is not None:
+            raise ValueError("actors play in env workers: use mode='process'")
+        for worker in range(len(self._workers)):
+            self._send(worker, ("actor", (make_actor, setup, worker)))
+        for worker in range(len(self._workers)):
+            self._receive(worker, timeout=_START_TIMEOUT_SECONDS)
+
+    def play_rollout(
+        self, arg: Any, should_stop: Callable[[], bool], stop_flag: np.ndarray
+    ) -> list[Any] | None:
+        """Every worker's actor plays a rollout (``play(group, obs, arg)``, a dict);
+        their results in worker order, or None if ``should_stop()`` turned true first
+        (then ``stop_flag[0]`` is set, which the actors check at every step, and each
+        answers ``{"stopped": True, ...}``)."""
+        for worker in range(len(self._workers)):
+            self._send(worker, ("rollout", arg))
+        results: list[Any] = [None] * len(self._workers)
+        waiting = {conn: worker for worker, (_, conn, _) in enumerate(self._workers)}
+        stopped = False
+        while waiting:
+            if not stopped and should_stop():
+                stop_flag[0] = 1
+                stopped = True
+            for conn in mp_connection.wait(list(waiting), timeout=_STOP_POLL_SECONDS):
+                worker = waiting.pop(conn)
+                results[worker] = self._receive(worker)
+        if stopped or any(result.get("stopped") for result in results):
+            return None
+        return results
+
+    def current_obs(self) -> np.ndarray:
+        """Every env's current observation (a copy)."""
+        return self._obs.copy()
 
     def close(self, force: bool = False) -> None:
         if self._closed:

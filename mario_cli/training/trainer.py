@@ -26,7 +26,7 @@ from mario_cli.config import MarioConfig, to_toml
 from mario_cli.diagnostics import HintEngine
 from mario_cli.envs import VectorEnv
 from mario_cli.envs.stages import action_names
-from mario_cli.errors import CheckpointError, MarioError, NonFiniteLossError
+from mario_cli.errors import CheckpointError, ConfigError, MarioError, NonFiniteLossError
 from mario_cli.events import (
     CheckpointSaved,
     Episode,
@@ -65,12 +65,43 @@ from mario_cli.training.device import (
 from mario_cli.training.optim import GradientStepper
 from mario_cli.training.repair import PathRepair
 from mario_cli.training.rollout import RolloutBatch, RolloutStorage
+from mario_cli.training.worker_acting import WorkerCollector
 
 if TYPE_CHECKING:
     from mario_cli.training.ray_actors import RayCollector, RaySession
 
 Sink = Callable[[Event], None]
 EPISODE_WINDOW = 100  # rolling window of the rollout/* means, as in Stable-Baselines3
+
+
+def acting_in_workers(
+    cfg: MarioConfig, device: torch.device, policy: torch.nn.Module, algorithm: Any
+) -> bool:
+    """Whether each env worker chooses its envs' actions (``train.acting``).
+
+    Auto: yes for synchronous training of a feed-forward policy on CPU with worker
+    processes, where the trainer acting for them leaves cores idle; CUDA batches the
+    acting better in the trainer, and recurrent or asynchronous collection needs it.
+    """
+    reasons = [
+        reason
+        for reason, applies in (
+            (f"a CPU device (this run uses {device.type})", device.type != "cpu"),
+            ("--vector-mode process", cfg.env.vector_mode != "process"),
+            ("a feed-forward policy (--recurrent none)", policy.recurrent),
+            ("local actors (not --actors ray)", cfg.train.actors == "ray"),
+            (
+                "synchronous collection (not IMPALA, not --overlap-collection)",
+                getattr(algorithm, "asynchronous", False) or cfg.algo.overlap_collection,
+            ),
+        )
+        if applies
+    ]
+    if cfg.train.acting == "workers" and reasons:
+        raise ConfigError(
+            f"--acting workers needs {reasons[0]}; use --acting auto or --acting trainer"
+        )
+    return cfg.train.acting != "trainer" and not reasons
 
 
 def stage_start_episodes(episodes: Iterable[Episode]) -> list[Episode]:
@@ -204,6 +235,7 @@ class Trainer:
         self.episodes: deque[Episode] = deque(maxlen=EPISODE_WINDOW)
         self.run: RunPaths | None = None
         self.venv: VectorEnv | None = None
+        self.collector: Collector | WorkerCollector | None = None
         self.timer = PhaseTimer()
         self.loop_seconds = 0.0
         self.hints = HintEngine(cfg)
@@ -294,14 +326,26 @@ class Trainer:
                 "from a zero recurrent state (per-step states are not stored)"
             )
         self.storage = RolloutStorage(cfg.algo.n_steps, cfg.env.n_envs, self.obs_shape, self.device)
-        self.collector = Collector(
-            self.venv,
-            cfg.algo.n_steps,
-            cfg.algo.gamma,
-            self.device,
-            self.optimiser.autocast,
-            self.timer,
-        )
+        if acting_in_workers(cfg, self.device, self.policy, self.algorithm):
+            self.collector = WorkerCollector(
+                self.venv,
+                cfg.to_dict(),
+                self.policy,
+                cfg.algo.n_steps,
+                cfg.algo.gamma,
+                amp_dtype if amp_on else None,
+                cfg.train.seed,
+                self.timer,
+            )
+        else:
+            self.collector = Collector(
+                self.venv,
+                cfg.algo.n_steps,
+                cfg.algo.gamma,
+                self.device,
+                self.optimiser.autocast,
+                self.timer,
+            )
 
         if resumed is not None:
             self.run = RunPaths(self.resume_from.parent.parent)
@@ -767,6 +811,8 @@ class Trainer:
         if self.venv is not None:
             self.venv.close()
             self.venv = None
+        if isinstance(self.collector, WorkerCollector):
+            self.collector.close()  # its shared memory, once the workers have let go
         if self.ray is not None:
             self.ray.close()
             self.ray = None
