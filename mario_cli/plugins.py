@@ -132,6 +132,9 @@ class PluginHost:
     def __init__(self, load_entrypoints: bool = True, extra_plugins: list[Any] = ()) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
+        # Plugins registered here, not installed: another process (an env worker) that
+        # loads the installed ones does not have them.
+        self.in_process_only = bool(extra_plugins) or not load_entrypoints
         try:
             if load_entrypoints:
                 self.pm.load_setuptools_entrypoints(hookspecs.PROJECT)

@@ -10,12 +10,14 @@ import torch
 
 from mario_cli.config import MarioConfig
 from mario_cli.envs import VectorEnv
-from mario_cli.errors import ConfigError
+from mario_cli.errors import ConfigError, EnvWorkerError
+from mario_cli.plugins import PluginHost, set_host
+from mario_cli.training import trainer as trainer_module
 from mario_cli.training.builders import build_algorithm, build_policy
 from mario_cli.training.optim import GradientStepper
 from mario_cli.training.rollout import RolloutStorage
 from mario_cli.training.trainer import acting_in_workers
-from mario_cli.training.worker_acting import WorkerCollector
+from mario_cli.training.worker_acting import WorkerCollector, shared_bytes
 
 N_ENVS, N_STEPS, OBS = 4, 24, (4, 84, 84)
 CPU = torch.device("cpu")
@@ -30,13 +32,15 @@ def small_config(**model: object) -> MarioConfig:
 
 
 def worker_rollouts(
-    cfg: MarioConfig, policy: torch.nn.Module, seed: int = 0, n_steps: int = N_STEPS
+    cfg: MarioConfig, policy: torch.nn.Module, draws: int = 0, n_steps: int = N_STEPS
 ) -> list:
-    """Two rollouts in a row, played by two workers' policy copies."""
+    """Two rollouts in a row, played by two workers' policy copies; ``draws`` seeds the
+    trainer's generator, which seeds each rollout's draws in the workers."""
     with VectorEnv(cfg.env, seed=3, mode="process", n_workers=2, n_groups=2) as venv:
-        collector = WorkerCollector(venv, cfg.to_dict(), policy, n_steps, 0.9, None, seed)
+        collector = WorkerCollector(venv, cfg.to_dict(), policy, n_steps, 0.9, None)
         try:
             collector.reset(3, policy, 0)
+            torch.manual_seed(draws)
             storages = [RolloutStorage(n_steps, N_ENVS, OBS, CPU) for _ in range(2)]
             return [collector.collect(policy, storage, lambda: False) for storage in storages]
         finally:
@@ -92,7 +96,7 @@ def test_sampled_actions_come_from_the_published_weights_and_noise() -> None:
     policy = build_policy(cfg, OBS, 7, CPU)[0]
     policy.train()
     with VectorEnv(cfg.env, seed=3, mode="process", n_workers=2, n_groups=2) as venv:
-        collector = WorkerCollector(venv, cfg.to_dict(), policy, N_STEPS, 0.9, None, 11)
+        collector = WorkerCollector(venv, cfg.to_dict(), policy, N_STEPS, 0.9, None)
         try:
             collector.reset(3, policy, 0)
             checked = []
@@ -115,14 +119,15 @@ def test_sampled_actions_come_from_the_published_weights_and_noise() -> None:
     assert not torch.equal(*checked)  # sampled, and the second from other weights
 
 
-def test_the_seed_fixes_the_workers_draws() -> None:
+def test_the_trainers_generator_fixes_the_workers_draws() -> None:
+    """So a seed gives one run, and a resumed run (its generator restored) draws on."""
     cfg = small_config()
-    runs = []
-    for seed in (11, 11, 12):
-        torch.manual_seed(0)
-        runs.append(worker_rollouts(cfg, build_policy(cfg, OBS, 7, CPU)[0], seed)[0].actions)
-    assert torch.equal(runs[0], runs[1])
-    assert not torch.equal(runs[0], runs[2])
+    torch.manual_seed(0)
+    policy = build_policy(cfg, OBS, 7, CPU)[0]
+    runs = [worker_rollouts(cfg, policy, draws) for draws in (11, 11, 12)]
+    assert all(torch.equal(a.actions, b.actions) for a, b in zip(runs[0], runs[1], strict=True))
+    assert not torch.equal(runs[0][0].actions, runs[2][0].actions)
+    assert not torch.equal(runs[0][0].actions[:4], runs[0][1].actions[:4])  # a seed a rollout
 
 
 def test_a_stop_request_ends_the_rollout_and_the_envs_stay_usable() -> None:
@@ -131,13 +136,15 @@ def test_a_stop_request_ends_the_rollout_and_the_envs_stay_usable() -> None:
     policy = build_policy(cfg, OBS, 7, CPU)[0]
     long = 1500  # ~10 s of play: far longer than the stop takes to arrive
     with VectorEnv(cfg.env, seed=3, mode="process", n_workers=2) as venv:
-        collector = WorkerCollector(venv, cfg.to_dict(), policy, long, 0.9, None, 0)
+        collector = WorkerCollector(venv, cfg.to_dict(), policy, long, 0.9, None)
         try:
             collector.reset(3, policy, 0)
             storage = RolloutStorage(long, N_ENVS, OBS, CPU)
             began = time.monotonic()
             stopped = collector.collect(policy, storage, lambda: time.monotonic() > began + 0.5)
             assert stopped is None and storage.step == 0
+            written = collector._rollout.arrays["obs"]
+            assert written[0].any() and not written[long - 1].any()  # the workers stopped early
             obs, rewards, *_ = venv.step(torch.zeros(N_ENVS, dtype=torch.long).numpy())
             assert obs.shape == (N_ENVS, *OBS) and rewards.shape == (N_ENVS,)
             assert collector.steps_collected == 0  # nothing counted of a stopped rollout
@@ -146,11 +153,12 @@ def test_a_stop_request_ends_the_rollout_and_the_envs_stay_usable() -> None:
             collector.close()
 
 
-def choice(cfg: MarioConfig, device: str = "cpu") -> bool:
+def choice(cfg: MarioConfig, device: str = "cpu", notes: list | None = None) -> bool:
     policy = build_policy(cfg, OBS, 7, CPU)[0]
     stepper = GradientStepper(policy.parameters(), cfg.algo, 1, CPU, None, False)
     algorithm = build_algorithm(cfg, policy, stepper, OBS)
-    return acting_in_workers(cfg, torch.device(device), policy, algorithm)
+    note = (notes if notes is not None else []).append
+    return acting_in_workers(cfg, torch.device(device), policy, algorithm, OBS, note)
 
 
 def test_auto_acts_in_the_workers_only_where_they_can_and_gain() -> None:
@@ -199,3 +207,41 @@ def test_greedy_probe_episodes_are_played_by_argmax_in_the_workers() -> None:
         assert by_argmax == episode.greedy
         checked[episode.greedy] += 1
     assert checked[True] >= 1 and checked[False] >= 1, checked
+
+
+def test_auto_leaves_acting_to_the_trainer_where_workers_lack_plugins_or_shared_memory(
+    monkeypatch,
+) -> None:
+    set_host(PluginHost(extra_plugins=[object()]))  # as a test or notebook registers one
+    try:
+        assert choice(small_config()) is False
+    finally:
+        set_host(None)
+    notes: list[str] = []
+    needed = shared_bytes(build_policy(small_config(), OBS, 7, CPU)[0], 256, N_ENVS, OBS)
+    monkeypatch.setattr(trainer_module, "shared_memory_free", lambda: needed)  # no headroom
+    assert choice(small_config(), notes=notes) is False
+    assert len(notes) == 1 and "MiB of shared memory" in notes[0] and "--shm-size" in notes[0]
+    cfg = small_config()
+    cfg.train.acting = "workers"
+    with pytest.raises(ConfigError, match="MiB of shared memory"):
+        choice(cfg)
+
+
+def test_a_policy_copy_that_fails_in_a_worker_is_one_error_naming_the_way_out() -> None:
+    cfg = small_config()
+    policy = build_policy(cfg, OBS, 7, CPU)[0]
+    broken = cfg.to_dict()
+    broken["model"]["hidden_size"] = 16  # the copy's shapes no longer fit the weights
+    with VectorEnv(cfg.env, seed=3, mode="process", n_workers=2) as venv:
+        collector = WorkerCollector(venv, broken, policy, N_STEPS, 0.9, None)
+        try:
+            collector.reset(3, policy, 0)
+            storage = RolloutStorage(N_STEPS, N_ENVS, OBS, CPU)
+            with pytest.raises(EnvWorkerError) as caught:
+                collector.collect(policy, storage, lambda: False)
+        finally:
+            collector.close()
+    message = str(caught.value)
+    assert "policy copy failed" in message and "--acting trainer" in message
+    assert "\n" not in message

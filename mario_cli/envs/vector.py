@@ -107,6 +107,10 @@ class EnvGroup:
             env.close()
 
 
+class _ActorError(Exception):
+    """The worker's actor (its policy copy) failed, not its envs."""
+
+
 class _EnvStepError(Exception):
     def __init__(self, index: int, exc: Exception) -> None:
         super().__init__(f"{type(exc).__name__}: {exc}")
@@ -155,12 +159,20 @@ def _worker_main(
                 if actor is not None:
                     actor.on_reset(infos)
                 conn.send(("ok", infos))
-            elif command == "rollout":
-                conn.send(("ok", actor.play(group, out, data)))
-            elif command == "actor":
-                make_actor, setup, worker = data
-                actor = make_actor(setup, indices, worker)
-                conn.send(("ok", None))
+            elif command in ("actor", "rollout"):
+                try:
+                    if command == "actor":
+                        make_actor, setup, worker = data
+                        actor = make_actor(setup, indices, worker)
+                        conn.send(("ok", None))
+                    else:
+                        conn.send(("ok", actor.play(group, out, data)))
+                except _EnvStepError:
+                    raise
+                except Exception as exc:
+                    raise _ActorError(
+                        f"its policy copy failed: {type(exc).__name__}: {exc}"
+                    ) from exc
             elif command == "close":
                 conn.send(("ok", None))
                 break
@@ -168,6 +180,8 @@ def _worker_main(
         pass  # the parent handles Ctrl-C and closes us
     except _EnvStepError as exc:
         _send_quietly(conn, ("error", (exc.index, str(exc))))
+    except _ActorError as exc:
+        _send_quietly(conn, ("actor_error", (None, str(exc) + "\n" + traceback.format_exc())))
     except Exception as exc:
         detail = f"{type(exc).__name__}: {exc}"
         _send_quietly(conn, ("error", (indices[0], detail + "\n" + traceback.format_exc())))
@@ -377,9 +391,18 @@ class VectorEnv:
         if status == "error":
             index, detail = payload
             self._raise_worker_error(worker, detail, index)
+        if status == "actor_error":
+            _, detail = payload
+            self._raise_worker_error(worker, detail, rerun="--acting trainer")
         return payload
 
-    def _raise_worker_error(self, worker: int, detail: str, index: int | None = None) -> None:
+    def _raise_worker_error(
+        self,
+        worker: int,
+        detail: str,
+        index: int | None = None,
+        rerun: str = "--vector-mode sync",
+    ) -> None:
         indices = self._workers[worker][2]
         contiguous = indices == list(range(indices[0], indices[-1] + 1))
         envs = f"{indices[0]}-{indices[-1]}" if contiguous else ", ".join(map(str, indices))
@@ -388,7 +411,7 @@ class VectorEnv:
         self.close(force=True)
         raise EnvWorkerError(
             f"env worker {worker} ({which}, {self.env_id}) failed: {first_line}; "
-            "rerun with --vector-mode sync --debug to see the traceback"
+            f"rerun with {rerun} --debug to see the traceback"
         )
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -483,13 +506,17 @@ class VectorEnv:
         results: list[Any] = [None] * len(self._workers)
         waiting = {conn: worker for worker, (_, conn, _) in enumerate(self._workers)}
         stopped = False
-        while waiting:
-            if not stopped and should_stop():
-                stop_flag[0] = 1
-                stopped = True
-            for conn in mp_connection.wait(list(waiting), timeout=_STOP_POLL_SECONDS):
-                worker = waiting.pop(conn)
-                results[worker] = self._receive(worker)
+        try:
+            while waiting:
+                if not stopped and should_stop():
+                    stop_flag[0] = 1
+                    stopped = True
+                for conn in mp_connection.wait(list(waiting), timeout=_STOP_POLL_SECONDS):
+                    worker = waiting.pop(conn)
+                    results[worker] = self._receive(worker)
+        except BaseException:  # e.g. Ctrl-C outside the CLI: the workers stop at their next step
+            stop_flag[0] = 1
+            raise
         if stopped or any(result.get("stopped") for result in results):
             return None
         return results

@@ -38,6 +38,7 @@ from mario_cli.events import (
     RunFinished,
     RunStarted,
 )
+from mario_cli.plugins import get_host
 from mario_cli.runs import RunPaths, create_run, default_run_name, mark_latest
 from mario_cli.sinks.jsonl import JsonlSink
 from mario_cli.training.best_check import GreedyBestCheck
@@ -65,17 +66,25 @@ from mario_cli.training.device import (
 from mario_cli.training.optim import GradientStepper
 from mario_cli.training.repair import PathRepair
 from mario_cli.training.rollout import RolloutBatch, RolloutStorage
-from mario_cli.training.worker_acting import WorkerCollector
+from mario_cli.training.worker_acting import WorkerCollector, shared_bytes, shared_memory_free
 
 if TYPE_CHECKING:
     from mario_cli.training.ray_actors import RayCollector, RaySession
 
 Sink = Callable[[Event], None]
+# Worker acting needs its shared memory with this much to spare (the obs and other
+# processes use /dev/shm too); a worker writing past what is there dies of SIGBUS.
+_SHM_HEADROOM = 1.5
 EPISODE_WINDOW = 100  # rolling window of the rollout/* means, as in Stable-Baselines3
 
 
 def acting_in_workers(
-    cfg: MarioConfig, device: torch.device, policy: torch.nn.Module, algorithm: Any
+    cfg: MarioConfig,
+    device: torch.device,
+    policy: torch.nn.Module,
+    algorithm: Any,
+    obs_shape: tuple[int, ...],
+    note: Callable[[str], None] = lambda _message: None,
 ) -> bool:
     """Whether each env worker chooses its envs' actions (``train.acting``).
 
@@ -83,6 +92,15 @@ def acting_in_workers(
     processes, where the trainer acting for them leaves cores idle; CUDA batches the
     acting better in the trainer, and recurrent or asynchronous collection needs it.
     """
+    if cfg.train.acting == "trainer":
+        return False
+    needed = shared_bytes(policy, cfg.algo.n_steps, cfg.env.n_envs, obs_shape)
+    free = shared_memory_free()
+    shm = (
+        f"{needed / 2**20:.0f} MiB of shared memory for the rollout and the weights "
+        f"(/dev/shm has {(free or 0) / 2**20:.0f} MiB free; in a container, --shm-size)"
+    )
+    shm_short = free is not None and free < needed * _SHM_HEADROOM
     reasons = [
         reason
         for reason, applies in (
@@ -94,6 +112,11 @@ def acting_in_workers(
                 "synchronous collection (not IMPALA, not --overlap-collection)",
                 getattr(algorithm, "asynchronous", False) or cfg.algo.overlap_collection,
             ),
+            (
+                "installed plugins (ones registered in this process do not reach the workers)",
+                get_host().in_process_only,
+            ),
+            (shm, shm_short),
         )
         if applies
     ]
@@ -101,7 +124,9 @@ def acting_in_workers(
         raise ConfigError(
             f"--acting workers needs {reasons[0]}; use --acting auto or --acting trainer"
         )
-    return cfg.train.acting != "trainer" and not reasons
+    if reasons == [shm]:  # the one case where auto gives up the faster collection
+        note(f"the trainer acts for the env workers: acting in them needs {shm}")
+    return not reasons
 
 
 def stage_start_episodes(episodes: Iterable[Episode]) -> list[Episode]:
@@ -326,7 +351,9 @@ class Trainer:
                 "from a zero recurrent state (per-step states are not stored)"
             )
         self.storage = RolloutStorage(cfg.algo.n_steps, cfg.env.n_envs, self.obs_shape, self.device)
-        if acting_in_workers(cfg, self.device, self.policy, self.algorithm):
+        if acting_in_workers(
+            cfg, self.device, self.policy, self.algorithm, self.obs_shape, self._note
+        ):
             self.collector = WorkerCollector(
                 self.venv,
                 cfg.to_dict(),
@@ -334,7 +361,6 @@ class Trainer:
                 cfg.algo.n_steps,
                 cfg.algo.gamma,
                 amp_dtype if amp_on else None,
-                cfg.train.seed,
                 self.timer,
             )
         else:

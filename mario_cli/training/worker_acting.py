@@ -16,6 +16,7 @@ sampled from the same distribution, by each worker's own seeded generator.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
@@ -99,6 +100,23 @@ def rollout_spec(n_steps: int, n_envs: int, obs_shape: tuple[int, ...]) -> Array
     ]
 
 
+def shared_bytes(policy: torch.nn.Module, n_steps: int, n_envs: int, obs_shape: tuple) -> int:
+    """The shared memory worker acting takes: the rollout and a copy of the weights."""
+    return sum(
+        int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize + _ALIGN
+        for _, shape, dtype in [*weights_spec(policy), *rollout_spec(n_steps, n_envs, obs_shape)]
+    )
+
+
+def shared_memory_free() -> int | None:
+    """Bytes free for shared memory (``/dev/shm``), or None where it is not a file system."""
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
 @dataclass(frozen=True)
 class ActingSetup:
     """What a worker needs to build its policy copy and find the shared arrays."""
@@ -109,7 +127,6 @@ class ActingSetup:
     n_steps: int
     gamma: float
     autocast_dtype: torch.dtype | None  # bf16 on a CPU that computes it natively, or None
-    seed: int
     weights_name: str
     weights_spec: ArraySpec
     rollout_name: str
@@ -124,7 +141,7 @@ class WorkerActor:
         from mario_cli.training.builders import build_policy
 
         torch.set_num_threads(1)  # one core per worker; the learner has its own threads
-        torch.manual_seed(setup.seed + 7919 * (worker + 1))
+        self.worker = worker
         cfg = MarioConfig.model_validate(setup.config)
         self.policy, _ = build_policy(cfg, setup.obs_shape, setup.n_actions, torch.device("cpu"))
         self.policy.train()  # as the trainer's collector acts: noisy heads use their noise
@@ -143,8 +160,15 @@ class WorkerActor:
         dtype = self.setup.autocast_dtype
         return torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
 
-    def play(self, group: Any, out: np.ndarray, step_base: int) -> dict[str, Any]:
-        """``n_steps`` of this worker's envs into the shared rollout; what ended there."""
+    def play(self, group: Any, out: np.ndarray, arg: tuple[int, int]) -> dict[str, Any]:
+        """``n_steps`` of this worker's envs into the shared rollout; what ended there.
+
+        ``arg``: (agent steps before this rollout, the rollout's seed). The seed comes
+        from the trainer's generator, so a seed gives one run and a resumed run, whose
+        generator is restored, draws on where it stopped.
+        """
+        step_base, seed = arg
+        torch.manual_seed(seed + 7919 * self.worker)
         load_published_weights(self.weights, self.policy)
         arrays = self.rollout.arrays
         rows = self.indices
@@ -170,7 +194,8 @@ class WorkerActor:
                 arrays["starts"][t, rows] = self.starts
                 rewards, terminated, truncated, infos = group.step(full, out)
                 rewards = np.asarray(rewards, dtype=np.float32)
-                terminated, truncated = np.asarray(terminated), np.asarray(truncated)
+                terminated = np.asarray(terminated, dtype=bool)
+                truncated = np.asarray(truncated, dtype=bool)
                 cut = np.flatnonzero(truncated & ~terminated)
                 if cut.size:  # a truncated episode did not end in the game: bootstrap it
                     final = torch.from_numpy(np.stack([infos[i]["final_obs"] for i in cut]))
@@ -210,7 +235,6 @@ class WorkerCollector:
         n_steps: int,
         gamma: float,
         autocast_dtype: torch.dtype | None,
-        seed: int,
         timer: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.venv = venv
@@ -219,22 +243,22 @@ class WorkerCollector:
         self.autocast = contextlib.nullcontext  # the workers cast, each in its own process
         self.steps_collected = 0
         obs_shape = tuple(venv.single_observation_space.shape)
-        self._weights = SharedArrays(weights_spec(policy))
-        self._rollout = SharedArrays(rollout_spec(n_steps, venv.num_envs, obs_shape))
-        setup = ActingSetup(
-            config=config,
-            obs_shape=obs_shape,
-            n_actions=int(venv.single_action_space.n),
-            n_steps=n_steps,
-            gamma=gamma,
-            autocast_dtype=autocast_dtype,
-            seed=seed,
-            weights_name=self._weights.name,
-            weights_spec=self._weights.spec,
-            rollout_name=self._rollout.name,
-            rollout_spec=self._rollout.spec,
-        )
+        self._weights = self._rollout = None
         try:
+            self._weights = SharedArrays(weights_spec(policy))
+            self._rollout = SharedArrays(rollout_spec(n_steps, venv.num_envs, obs_shape))
+            setup = ActingSetup(
+                config=config,
+                obs_shape=obs_shape,
+                n_actions=int(venv.single_action_space.n),
+                n_steps=n_steps,
+                gamma=gamma,
+                autocast_dtype=autocast_dtype,
+                weights_name=self._weights.name,
+                weights_spec=self._weights.spec,
+                rollout_name=self._rollout.name,
+                rollout_spec=self._rollout.spec,
+            )
             venv.attach_actors(WorkerActor, setup)
         except BaseException:
             self.close()
@@ -258,8 +282,11 @@ class WorkerCollector:
             policy.reset_noise()
             publish_weights(policy, self._weights)
             arrays["stop"][0] = 0
+        seed = int(torch.randint(2**31, ()))  # the trainer's generator: resumed with the run
         with self.timer("env_wait"):
-            results = self.venv.play_rollout(self.steps_collected, should_stop, arrays["stop"])
+            results = self.venv.play_rollout(
+                (self.steps_collected, seed), should_stop, arrays["stop"]
+            )
         if results is None:
             storage.step = 0
             return None
@@ -279,5 +306,6 @@ class WorkerCollector:
         return batch
 
     def close(self) -> None:
-        self._weights.close()
-        self._rollout.close()
+        for arrays in (self._weights, self._rollout):
+            if arrays is not None:
+                arrays.close()
