@@ -223,8 +223,9 @@ class WorkerActor:
 class WorkerCollector:
     """The trainer's side: publish the weights, let the workers play, gather the rollout.
 
-    The same interface as :class:`~mario_cli.training.collector.Collector` for
-    synchronous training of a feed-forward policy on CPU with process env workers.
+    What the trainer calls of :class:`~mario_cli.training.collector.Collector`
+    (``reset``, ``collect``, ``autocast``), for synchronous training of a feed-forward
+    policy on CPU with process env workers.
     """
 
     def __init__(
@@ -269,16 +270,13 @@ class WorkerCollector:
         self.steps_collected = steps_done
 
     def collect(
-        self,
-        policy: torch.nn.Module,
-        storage: RolloutStorage,
-        should_stop: Callable[[], bool],
-        lock: contextlib.AbstractContextManager[Any] | None = None,
+        self, policy: torch.nn.Module, storage: RolloutStorage, should_stop: Callable[[], bool]
     ) -> RolloutBatch | None:
-        """``n_steps`` of every env, played by the workers; None if a stop came first."""
-        lock = lock or contextlib.nullcontext()
+        """``n_steps`` of every env, played by the workers; None if a stop came first.
+
+        Synchronous training only (no actor thread shares the policy), so no lock."""
         arrays = self._rollout.arrays
-        with self.timer("storing"), lock:  # the trainer's part: weights out, rollout in
+        with self.timer("storing"):  # the trainer's part: weights out, rollout in
             policy.reset_noise()
             publish_weights(policy, self._weights)
             arrays["stop"][0] = 0
