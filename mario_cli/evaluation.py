@@ -81,6 +81,11 @@ def load_agent(checkpoint: Path, env_overrides: dict[str, Any] | None = None) ->
     env_section = deep_merge(env_section, upgrade_keys({"env": overrides})["env"])
     # Eval and record start at the stage start: no restarts.
     env_section["restarts"] = {**env_section.get("restarts", {}), "share": 0.0}
+    # Nor is an episode cut for making no progress (a training aid that saves waiting
+    # out the timer): a stuck agent plays on, so a late escape counts as it would in play.
+    reward = env_section.get("reward")
+    if isinstance(reward, dict) and "no_progress_cut_steps" in reward:
+        env_section["reward"] = {**reward, "no_progress_cut_steps": 0}
     saved = {**saved, "env": env_section}
     saved["model"] = {
         **saved["model"],

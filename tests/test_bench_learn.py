@@ -116,6 +116,8 @@ def test_bench_learn_json_has_every_field_and_writes_the_plot(tmp_path: Path) ->
         "128",
         "--eval-episodes",
         "2",
+        "--eval-max-steps",
+        "50",
         "--seeds",
         "2",
         "--seed",

@@ -82,19 +82,28 @@ def test_ten_greedy_episodes_differ_and_a_seed_repeats_them(trained: Path) -> No
 
 def test_stochastic_episodes_are_their_seeds_own_on_any_number_of_workers(trained: Path) -> None:
     model = find_model("tiny-a", trained)
-    pooled = evaluate(model, 10, "stochastic", seed=3, workers=2)["per_episode"]
+    pooled = evaluate(model, 10, "stochastic", 120, seed=3, workers=2)["per_episode"]
     # Episodes of different lengths finish out of order in the pool; each must still
     # land in its own slot, and its sampling must depend on its seed only.
     assert len({e["length"] for e in pooled}) > 1
     assert [e["seed"] for e in pooled] == list(range(3, 13))
-    alone = evaluate(model, 10, "stochastic", seed=3, workers=1)["per_episode"]
+    alone = evaluate(model, 10, "stochastic", 120, seed=3, workers=1)["per_episode"]
     assert pooled == alone
-    fewer = evaluate(model, 9, "stochastic", seed=3, workers=1)["per_episode"]
+    fewer = evaluate(model, 9, "stochastic", 120, seed=3, workers=1)["per_episode"]
     assert fewer == pooled[:9]  # episode i is the same however many are played
 
 
 def test_greedy_eval_says_when_every_episode_was_the_same(trained: Path) -> None:
-    args = ("eval", "tiny-a", "--episodes", "2", "--artifacts-dir", str(trained))
+    args = (
+        "eval",
+        "tiny-a",
+        "--episodes",
+        "2",
+        "--max-steps",
+        "120",
+        "--artifacts-dir",
+        str(trained),
+    )
     data = json.loads(run_mario(*args, "--json", "--noop-max", "0").stdout)
     first, second = data["per_episode"]
     assert _outcome(first) == _outcome(second)
@@ -111,7 +120,16 @@ def test_greedy_eval_says_when_every_episode_was_the_same(trained: Path) -> None
 
 
 def test_policy_both_reports_both_clear_rates(trained: Path) -> None:
-    args = ("eval", "tiny-a", "--episodes", "3", "--artifacts-dir", str(trained))
+    args = (
+        "eval",
+        "tiny-a",
+        "--episodes",
+        "3",
+        "--max-steps",
+        "120",
+        "--artifacts-dir",
+        str(trained),
+    )
     data = json.loads(run_mario(*args, "--policy", "both", "--json").stdout)
     assert data["policy"] == "both"
     assert data["start"]["noop_max"] == 30 and "no-op" in data["start"]["protocol"]
@@ -145,6 +163,15 @@ def test_always_right_policy_max_x_is_what_the_emulator_reports(trained: Path) -
     assert result["max_x_pos"] == max(xs)
     assert 250 < result["max_x_pos"] < 400  # walking right dies at the first goomba
     assert result["cleared"] is False
+
+
+def test_eval_plays_on_where_training_cut_an_episode_for_no_progress(trained: Path) -> None:
+    agent = load_agent(find_model("tiny-a", trained))  # trained with a cut after 3 steps
+    assert agent.cfg.env.settings_of("reward").no_progress_cut_steps == 0
+    assert agent.cfg.env.settings_of("restarts").share == 0.0
+    agent.act = lambda obs, state, start, greedy: (0, 0.0, None)  # scripted: stand still
+    result = play_episode(agent, make_env(agent.cfg.env), True, 60, 0)
+    assert result["length"] == 60 and result["max_x_pos"] < 60  # stood until the limit
 
 
 def test_stages_fill_per_stage_entries(trained: Path) -> None:
