@@ -87,21 +87,28 @@ def _random_obs(shape: tuple[int, ...], rng: np.random.Generator) -> torch.Tenso
 def inference_ms_per_step(
     cfg: MarioConfig, obs_shape: tuple, n_actions: int, calls: int = 30, seed: int = 0
 ) -> float:
-    """CPU-ms per agent step of one batched policy call on one thread, at the batch the
-    collector uses (``acting_batch``): its weights are read once a call whatever the
-    batch, so a call on 4 envs costs ~4/5 of one on 8 here, and the batch decides the
-    cost per step."""
+    """CPU-ms per agent step of one batched policy call on one thread, at the batch
+    training acts on (``acting_batch``: one worker's envs when the workers act, else
+    the collector's group): its weights are read once a call whatever the batch, so a
+    call on 4 envs costs ~4/5 of one on 8 here, and the batch decides the cost per step."""
     from mario_cli.envs.vector import acting_batch
+    from mario_cli.plugins import get_host
     from mario_cli.training.builders import build_policy
-    from mario_cli.training.device import amp_settings
+    from mario_cli.training.device import amp_settings, resolve_device
     from mario_cli.training.optim import GradientStepper
+    from mario_cli.training.trainer import acting_in_workers
 
     device = torch.device("cpu")
     policy, _ = build_policy(cfg, obs_shape, n_actions, device)
     _, amp_dtype, _ = amp_settings(device, cfg.train.amp)
     # The collector's autocast is the optimiser's: the same context here.
     autocast = GradientStepper(policy.parameters(), cfg.algo, 1, device, amp_dtype).autocast
-    n = acting_batch(cfg.env, policy.recurrent)
+    # acting_in_workers reads only the algorithm's asynchronous flag: its factory (for
+    # the built-in ones, the class) has it, so none is built.
+    algorithm = get_host()["algorithms"].get(cfg.algo.algo)
+    run_device, _ = resolve_device(cfg.train.device)
+    workers_act = acting_in_workers(cfg, run_device, policy, algorithm, obs_shape)
+    n = acting_batch(cfg.env, policy.recurrent, workers_act)
     obs = _random_obs((n, *obs_shape), np.random.default_rng(seed))
     done = torch.zeros(n)
     previous = torch.get_num_threads()

@@ -197,7 +197,7 @@ def test_workers_poll_only_after_a_lockstep_step() -> None:
 
 
 def test_the_collector_acts_on_one_group_of_envs_at_a_time() -> None:
-    from mario_cli.envs.vector import acting_batch, group_spans
+    from mario_cli.envs.vector import acting_batch, group_spans, worker_envs
 
     assert group_spans(8, 2, 2) == [(0, 4), (4, 8)]
     assert group_spans(5, 2, 2) == [(0, 2), (2, 5)]
@@ -207,3 +207,10 @@ def test_the_collector_acts_on_one_group_of_envs_at_a_time() -> None:
     assert acting_batch(cfg, recurrent=True) == 8  # a recurrent policy acts on all at once
     assert acting_batch(cfg.model_copy(update={"vector_mode": "sync"}), recurrent=False) == 8
     assert acting_batch(cfg.model_copy(update={"n_envs": 5}), recurrent=False) == 3
+    # the workers acting: each acts on its own envs, a share of every group
+    assert worker_envs(8, 2, 2) == [[0, 1, 4, 5], [2, 3, 6, 7]]
+    assert worker_envs(5, 2, 2) == [[0, 2, 3], [1, 4]]
+    assert acting_batch(cfg, recurrent=False, workers_act=True) == 4
+    wide = cfg.model_copy(update={"n_envs": 16, "n_workers": 8})
+    assert acting_batch(wide, recurrent=False) == 8  # a group: half the envs
+    assert acting_batch(wide, recurrent=False, workers_act=True) == 2  # one worker's envs

@@ -271,12 +271,23 @@ def group_spans(n_envs: int, n_workers: int, n_groups: int) -> list[tuple[int, i
     return [(int(low), int(high)) for low, high in itertools.pairwise(bounds)]
 
 
-def acting_batch(cfg: EnvConfig, recurrent: bool) -> int:
-    """How many envs the collector's policy acts on per call: its largest group, or
-    every env for a recurrent policy or in sync mode (one group)."""
+def worker_envs(n_envs: int, n_workers: int, n_groups: int) -> list[list[int]]:
+    """Each worker's env indices: every group is spread over every worker, so stepping
+    one group keeps them all busy."""
+    groups = group_spans(n_envs, n_workers, n_groups)
+    shares = [np.array_split(np.arange(low, high), n_workers) for low, high in groups]
+    return [[int(i) for share in shares for i in share[w]] for w in range(n_workers)]
+
+
+def acting_batch(cfg: EnvConfig, recurrent: bool, workers_act: bool = False) -> int:
+    """How many envs the policy acts on per call: with the workers acting, the most
+    envs one worker has; else the collector's largest group, or every env for a
+    recurrent policy or in sync mode (one group)."""
     if recurrent or cfg.vector_mode == "sync":
         return cfg.n_envs
     workers = min(cfg.n_workers or default_worker_count(cfg.n_envs), cfg.n_envs)
+    if workers_act:
+        return max(len(envs) for envs in worker_envs(cfg.n_envs, workers, cfg.step_groups))
     return max(high - low for low, high in group_spans(cfg.n_envs, workers, cfg.step_groups))
 
 
@@ -347,13 +358,10 @@ class VectorEnv:
     def _start_workers(self, n_workers: int, n_groups: int) -> None:
         ctx = worker_context()
         self.groups = group_spans(self.num_envs, n_workers, n_groups)
-        # Each group is spread over every worker, so stepping one group keeps all busy.
-        shares = [np.array_split(np.arange(low, high), n_workers) for low, high in self.groups]
         spin = worker_spin_seconds(n_workers, os.cpu_count() or 1)
         try:
-            for worker in range(n_workers):
+            for indices in worker_envs(self.num_envs, n_workers, n_groups):
                 parent, child = ctx.Pipe()
-                indices = [int(i) for share in shares for i in share[worker]]
                 proc = ctx.Process(
                     target=_worker_main,
                     args=(child, self.cfg, indices, self.seed, self.num_envs, spin),
