@@ -45,6 +45,11 @@ class EnvBenchResult:
     pipelined_env_sps: float = 0.0
     pipelined_scaling: float = 0.0
     pipelined_scaling_rounds: list[float] = field(default_factory=list)
+    # The same n_envs, each worker stepping its own envs through a whole rollout on one
+    # command, as training with the workers acting does (random actions, no policy).
+    rollout_env_sps: float = 0.0
+    rollout_scaling: float = 0.0
+    rollout_scaling_rounds: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,6 +157,43 @@ def measure_vector_env_sps(
         return batches * n_envs / elapsed, venv.n_workers
 
 
+class RandomActor:
+    """In an env worker: random actions for its envs, a whole rollout per command."""
+
+    def __init__(self, seed: int, indices: list[int], worker: int) -> None:
+        self.rng = np.random.default_rng([seed, worker])
+        self.indices = indices
+
+    def on_reset(self, infos: list[dict[str, Any]]) -> None:
+        pass
+
+    def play(self, group: Any, out: np.ndarray, steps: int) -> dict[str, Any]:
+        n_actions = group.spaces[1].n
+        actions = np.zeros(out.shape[0], dtype=np.int64)
+        for _ in range(steps):
+            actions[self.indices] = self.rng.integers(n_actions, size=len(self.indices))
+            group.step(actions, out)
+        return {"steps": steps * len(self.indices)}
+
+    def close(self) -> None:
+        pass
+
+
+def measure_rollout_env_sps(
+    cfg: EnvConfig, n_envs: int, steps: int, n_workers: int | None = None, seed: int = 0
+) -> float:
+    """Agent steps/s of ``n_envs`` envs in worker processes, each worker stepping its own
+    envs ``steps // n_envs`` times on one command: no round trip per step, as training
+    steps them when the workers act (``--acting``)."""
+    with VectorEnv(cfg, n_envs=n_envs, seed=seed, mode="process", n_workers=n_workers) as venv:
+        venv.reset()
+        venv.attach_actors(RandomActor, seed)
+        per_env = max(1, steps // n_envs)
+        start = time.perf_counter()
+        venv.play_rollout(per_env, lambda: False, np.zeros(1, dtype=np.uint8))
+        return per_env * n_envs / (time.perf_counter() - start)
+
+
 def measure_pipelined_env_sps(
     cfg: EnvConfig, steps: int, n_workers: int | None = None, seed: int = 0
 ) -> float:
@@ -198,7 +240,7 @@ def bench_env(
     figures are their means: this host's speed drifts by ±20% from minute to minute,
     and a ratio of measurements taken side by side, round by round, drifts less.
     """
-    raws, parallels, singles, vectors, pipelined = [], [], [], [], []
+    raws, parallels, singles, vectors, pipelined, rollouts = [], [], [], [], [], []
     workers = 0
     processes = min(n_workers or cfg.n_workers or default_worker_count(n_envs), n_envs)
     for index in range(rounds):
@@ -214,18 +256,23 @@ def bench_env(
             cfg, n_envs, steps * max(1, n_envs // 2), n_workers
         )
         vectors.append(vector)
+        progress(f"{n_envs} envs in worker processes, a whole rollout per command" + of)
+        rollouts.append(
+            measure_rollout_env_sps(cfg, n_envs, steps * max(1, n_envs // 2), n_workers)
+        )
         progress(f"{cfg.n_envs} envs in {cfg.step_groups} groups, as training steps them" + of)
         pipelined.append(measure_pipelined_env_sps(cfg, steps * max(1, cfg.n_envs // 2), n_workers))
     # The ratios come from the figures as printed, so a reader can recompute them.
-    raws, parallels, singles, vectors, pipelined = (
+    raws, parallels, singles, vectors, pipelined, rollouts = (
         [round(value, 1) for value in values]
-        for values in (raws, parallels, singles, vectors, pipelined)
+        for values in (raws, parallels, singles, vectors, pipelined, rollouts)
     )
     raw_fps = round(float(np.mean(raws)), 1)
     raw_parallel = round(float(np.mean(parallels)), 1)
     single = round(float(np.mean(singles)), 1)
     vector = round(float(np.mean(vectors)), 1)
     pipelined_sps = round(float(np.mean(pipelined)), 1)
+    rollout_sps = round(float(np.mean(rollouts)), 1)
     return EnvBenchResult(
         raw_fps=raw_fps,
         single_env_sps=single,
@@ -246,6 +293,9 @@ def bench_env(
         pipelined_env_sps=pipelined_sps,
         pipelined_scaling=round(pipelined_sps / single, 3),
         pipelined_scaling_rounds=[round(v / s, 3) for v, s in zip(pipelined, singles, strict=True)],
+        rollout_env_sps=rollout_sps,
+        rollout_scaling=round(rollout_sps / single, 3),
+        rollout_scaling_rounds=[round(v / s, 3) for v, s in zip(rollouts, singles, strict=True)],
     )
 
 

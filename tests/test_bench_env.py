@@ -51,6 +51,12 @@ def test_bench_env_json_fields_are_consistent(tmp_path: Path) -> None:
         data["pipelined_env_sps"] / data["single_env_sps"], abs=2e-3
     )
     assert data["pipelined_scaling_rounds"] == [pytest.approx(data["pipelined_scaling"], abs=2e-3)]
+    # the same 2 envs, each worker stepping its own through a whole rollout on one command
+    assert data["rollout_env_sps"] > 0
+    assert data["rollout_scaling"] == pytest.approx(
+        data["rollout_env_sps"] / data["single_env_sps"], abs=2e-3
+    )
+    assert data["rollout_scaling_rounds"] == [pytest.approx(data["rollout_scaling"], abs=2e-3)]
 
 
 def test_bench_env_rounds_alternate_and_average() -> None:
@@ -60,6 +66,7 @@ def test_bench_env_rounds_alternate_and_average() -> None:
     assert data["rounds"] == 2 and len(data["scaling_rounds"]) == 2
     assert len(data["host_scaling_rounds"]) == 2
     assert len(data["pipelined_scaling_rounds"]) == 2
+    assert len(data["rollout_scaling_rounds"]) == 2
     assert all(value > 0 for value in data["scaling_rounds"])
     # the figures are the rounds' means: the overall scaling, their ratio, is a weighted
     # mean of the rounds' scalings, so it lies between them

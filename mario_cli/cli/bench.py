@@ -68,8 +68,15 @@ def env(
         f"{result.n_envs} envs / {result.n_workers} workers steps/s",
         f"{result.vector_env_sps:,.1f}",
     )
+    table.add_row(
+        f"{result.n_envs} envs, a whole rollout per command (workers acting) steps/s",
+        f"{result.rollout_env_sps:,.1f}",
+    )
     table.add_row("efficiency (one env / ceiling)", f"{result.efficiency:.2f}")
     table.add_row("scaling (vector / one env)", f"{result.scaling:.2f}")
+    table.add_row(
+        "rollout scaling (a rollout per command / one env)", f"{result.rollout_scaling:.2f}"
+    )
     table.add_row(
         f"host scaling ({result.n_workers} bare emulators at once / one)",
         f"{result.host_scaling:.2f}",
@@ -83,6 +90,8 @@ def env(
     if result.rounds > 1:
         per_round = ", ".join(f"{value:.2f}" for value in result.scaling_rounds)
         table.add_row(f"  scaling in each of {result.rounds} rounds", per_round)
+        per_round = ", ".join(f"{value:.2f}" for value in result.rollout_scaling_rounds)
+        table.add_row(f"  rollout scaling in each of {result.rounds} rounds", per_round)
         per_round = ", ".join(f"{value:.2f}" for value in result.host_scaling_rounds)
         table.add_row(f"  host scaling in each of {result.rounds} rounds", per_round)
         per_round = ", ".join(f"{value:.2f}" for value in result.pipelined_scaling_rounds)
