@@ -38,8 +38,9 @@ class EnvBenchResult:
     raw_parallel_fps: float = 0.0
     host_scaling: float = 0.0
     host_scaling_rounds: list[float] = field(default_factory=list)
-    # The configured envs (cfg.n_envs) stepped as training steps them: in step_groups
-    # groups, the next group sent before the last one is collected (no policy).
+    # The configured envs (cfg.n_envs) stepped as training with the trainer acting steps
+    # them: in step_groups groups, the next group sent before the last one is collected
+    # (no policy).
     pipelined_n_envs: int = 0
     pipelined_groups: int = 0
     pipelined_env_sps: float = 0.0
@@ -190,8 +191,13 @@ def measure_rollout_env_sps(
         venv.attach_actors(RandomActor, seed)
         per_env = max(1, steps // n_envs)
         start = time.perf_counter()
-        venv.play_rollout(per_env, lambda: False, np.zeros(1, dtype=np.uint8))
-        return per_env * n_envs / (time.perf_counter() - start)
+        # A benchmark's rollout is short: its actors never stop early, so no stop flag
+        # reaches them and Ctrl-C waits for the rollout (seconds) before closing.
+        results = venv.play_rollout(per_env, lambda: False, np.zeros(1, dtype=np.uint8))
+        elapsed = time.perf_counter() - start
+        if results is None:
+            raise MarioError("the env workers stopped before the rollout ended: run it again")
+        return sum(result["steps"] for result in results) / elapsed
 
 
 def measure_pipelined_env_sps(
@@ -236,7 +242,7 @@ def bench_env(
 ) -> EnvBenchResult:
     """Raw emulator, one full env and the vector env, measured one after another.
 
-    With ``rounds`` > 1 the three measurements alternate that many times and the
+    With ``rounds`` > 1 the measurements alternate that many times and the
     figures are their means: this host's speed drifts by ±20% from minute to minute,
     and a ratio of measurements taken side by side, round by round, drifts less.
     """
@@ -260,7 +266,7 @@ def bench_env(
         rollouts.append(
             measure_rollout_env_sps(cfg, n_envs, steps * max(1, n_envs // 2), n_workers)
         )
-        progress(f"{cfg.n_envs} envs in {cfg.step_groups} groups, as training steps them" + of)
+        progress(f"{cfg.n_envs} envs in {cfg.step_groups} groups, double-buffered" + of)
         pipelined.append(measure_pipelined_env_sps(cfg, steps * max(1, cfg.n_envs // 2), n_workers))
     # The ratios come from the figures as printed, so a reader can recompute them.
     raws, parallels, singles, vectors, pipelined, rollouts = (

@@ -4,8 +4,8 @@ Each cost is measured on its own, with nothing else running in this process:
 
 - the emulator: one env through the whole configured pipeline, CPU-ms per agent step;
 - inference: the policy acting on one thread on a batch of as many observations as
-  the collector acts on at once (one group of envs, or all of them), CPU-ms per
-  agent step;
+  training acts on at once (one worker's envs when the workers act, else one group
+  of envs, or all of them), CPU-ms per agent step;
 - the learner: one full update of the configured algorithm (epochs, minibatch,
   replay) on a rollout of the configured size, CPU-ms per sample.
 
@@ -84,6 +84,28 @@ def _random_obs(shape: tuple[int, ...], rng: np.random.Generator) -> torch.Tenso
     return torch.from_numpy(rng.integers(0, 256, size=shape, dtype=np.uint8))
 
 
+def training_acting_batch(
+    cfg: MarioConfig, policy: torch.nn.Module, optimiser: Any, obs_shape: tuple
+) -> int:
+    """How many observations one policy call acts on in training with ``cfg``."""
+    from mario_cli.envs.vector import acting_batch
+    from mario_cli.plugins import get_host
+    from mario_cli.training.builders import build_algorithm
+    from mario_cli.training.device import resolve_device
+    from mario_cli.training.trainer import acting_in_workers
+
+    # acting_in_workers reads only the algorithm's asynchronous flag: a built-in
+    # algorithm's class has it; any other factory is built to be asked.
+    factory = get_host()["algorithms"].get(cfg.algo.algo)
+    if isinstance(factory, type) and hasattr(factory, "asynchronous"):
+        algorithm = factory
+    else:
+        algorithm = build_algorithm(cfg, policy, optimiser, obs_shape)
+    device, _ = resolve_device(cfg.train.device)
+    workers_act = acting_in_workers(cfg, device, policy, algorithm, obs_shape)
+    return acting_batch(cfg.env, policy.recurrent, workers_act)
+
+
 def inference_ms_per_step(
     cfg: MarioConfig, obs_shape: tuple, n_actions: int, calls: int = 30, seed: int = 0
 ) -> float:
@@ -91,24 +113,17 @@ def inference_ms_per_step(
     training acts on (``acting_batch``: one worker's envs when the workers act, else
     the collector's group): its weights are read once a call whatever the batch, so a
     call on 4 envs costs ~4/5 of one on 8 here, and the batch decides the cost per step."""
-    from mario_cli.envs.vector import acting_batch
-    from mario_cli.plugins import get_host
     from mario_cli.training.builders import build_policy
-    from mario_cli.training.device import amp_settings, resolve_device
+    from mario_cli.training.device import amp_settings
     from mario_cli.training.optim import GradientStepper
-    from mario_cli.training.trainer import acting_in_workers
 
     device = torch.device("cpu")
     policy, _ = build_policy(cfg, obs_shape, n_actions, device)
     _, amp_dtype, _ = amp_settings(device, cfg.train.amp)
     # The collector's autocast is the optimiser's: the same context here.
-    autocast = GradientStepper(policy.parameters(), cfg.algo, 1, device, amp_dtype).autocast
-    # acting_in_workers reads only the algorithm's asynchronous flag: its factory (for
-    # the built-in ones, the class) has it, so none is built.
-    algorithm = get_host()["algorithms"].get(cfg.algo.algo)
-    run_device, _ = resolve_device(cfg.train.device)
-    workers_act = acting_in_workers(cfg, run_device, policy, algorithm, obs_shape)
-    n = acting_batch(cfg.env, policy.recurrent, workers_act)
+    stepper = GradientStepper(policy.parameters(), cfg.algo, 1, device, amp_dtype)
+    autocast = stepper.autocast
+    n = training_acting_batch(cfg, policy, stepper, obs_shape)
     obs = _random_obs((n, *obs_shape), np.random.default_rng(seed))
     done = torch.zeros(n)
     previous = torch.get_num_threads()

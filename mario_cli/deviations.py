@@ -28,6 +28,7 @@ import numpy as np
 from mario_cli.envs.core import MarioCore, SavedState
 
 REPLAY_STEPS = 4  # >= the frame stack: after this many replayed steps it holds real frames
+EXPLAIN_STALL_STEPS = 150  # --deviations: a greedy path this long without a new max x is stuck
 
 Chooser = Callable[[np.ndarray], int]  # observation -> action (e.g. the policy's argmax)
 
@@ -372,8 +373,16 @@ def explain_greedy_death(
     env = make_env(agent.cfg.env)
     try:
         choose: Chooser = lambda obs: agent.act(obs, None, False, True)[0]  # noqa: E731
-        path = greedy_path(env, choose, noop_frames)
-        found = [] if path.cleared else saving_deviations(env, choose, path, window=window)
+        # Stuck (eval plays on to the timer): search where it stopped getting anywhere.
+        path = greedy_path(
+            env,
+            choose,
+            noop_frames,
+            keep_states=EXPLAIN_STALL_STEPS + window + REPLAY_STEPS + 1,
+            stall_steps=EXPLAIN_STALL_STEPS,
+        )
+        searched = path if path.died else path.stall_point(window)
+        found = [] if path.cleared else saving_deviations(env, choose, searched, window=window)
     finally:
         env.close()
     return {

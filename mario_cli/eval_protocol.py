@@ -50,20 +50,42 @@ def episode_noops(seed: int, episode: int, noop_max: int) -> int:
     return int(np.random.default_rng([seed, round_]).permutation(starts)[place])
 
 
+def without_training_aids(env: dict[str, Any]) -> dict[str, Any]:
+    """An ``[env]`` section as evaluation plays it: from the stage start (no restarts) and
+    on until the episode really ends (no no-progress cut), so a stuck agent plays on, as
+    in a game, and a late escape counts. The caller's dict is left as it was."""
+    from mario_cli.config import components_of
+
+    env = {**env, "restarts": {**env.get("restarts", {}), "share": 0.0}}
+    reward = components_of("env").get("reward")
+    if reward is not None and "no_progress_cut_steps" in reward.model_fields:
+        env["reward"] = {**env.get("reward", {}), "no_progress_cut_steps": 0}
+    return env
+
+
 def start_protocol(noop_max: int, seed: int) -> dict[str, Any]:
     """How evaluation episodes start, as written into every result."""
-    return {"protocol": START_PROTOCOL, "noop_max": noop_max, "seed": seed}
+    # no_progress_cut: results written before 2026-12-05 lack it; their episodes were
+    # cut where training cut them (see without_training_aids).
+    return {
+        "protocol": START_PROTOCOL,
+        "noop_max": noop_max,
+        "seed": seed,
+        "no_progress_cut": False,
+    }
 
 
 def describe_start(start: dict[str, Any]) -> str:
+    cut = start.get("no_progress_cut", True)
+    ending = ", episodes cut after no progress as in training" if cut else ""
     if start["noop_max"] == 0:
-        return "from the stage start, no no-op frames"
+        return "from the stage start, no no-op frames" + ending
     if start.get("protocol") == DRAWN_START_PROTOCOL:
         return (
             f"from the stage start after a seeded random 0..{start['noop_max']} no-op frames "
-            f"(episode i seeded {start['seed']} + i, drawn independently)"
+            f"(episode i seeded {start['seed']} + i, drawn independently)" + ending
         )
     return (
         f"from the stage start after 0..{start['noop_max']} no-op frames, "
-        f"each once in an order seeded {start['seed']}"
+        f"each once in an order seeded {start['seed']}" + ending
     )

@@ -20,6 +20,7 @@ from mario_cli.eval_protocol import (
     check_policy,
     episode_noops,
     start_protocol,
+    without_training_aids,
 )
 from mario_cli.runs import resolve_run
 from mario_cli.training.checkpoint import CheckpointManager, load_checkpoint, load_weights
@@ -78,14 +79,9 @@ def load_agent(checkpoint: Path, env_overrides: dict[str, Any] | None = None) ->
     # Trained before jump press existed: its policy knows the held-A game only.
     env_section.setdefault("jump_press", False)
     overrides = {k: v for k, v in (env_overrides or {}).items() if k != "movement"}
+    # Before the overrides: a caller may still set a cut (or restarts) explicitly.
+    env_section = without_training_aids(env_section)
     env_section = deep_merge(env_section, upgrade_keys({"env": overrides})["env"])
-    # Eval and record start at the stage start: no restarts.
-    env_section["restarts"] = {**env_section.get("restarts", {}), "share": 0.0}
-    # Nor is an episode cut for making no progress (a training aid that saves waiting
-    # out the timer): a stuck agent plays on, so a late escape counts as it would in play.
-    reward = env_section.get("reward")
-    if isinstance(reward, dict) and "no_progress_cut_steps" in reward:
-        env_section["reward"] = {**reward, "no_progress_cut_steps": 0}
     saved = {**saved, "env": env_section}
     saved["model"] = {
         **saved["model"],

@@ -215,7 +215,9 @@ def test_bench_learn_json_has_every_field_and_writes_the_plot(tmp_path: Path) ->
     redone = json.loads(other.stdout)
     assert redone["evaluated_again"]["earlier_eval"] == data["eval"]
     assert redone["eval"]["episodes"] == 3 and redone["eval"]["policy"] == "greedy"
-    assert redone["eval"]["start"] == {"protocol": START_PROTOCOL, "noop_max": 0, "seed": 0}
+    assert redone["eval"]["start"] == {
+        "protocol": START_PROTOCOL, "noop_max": 0, "seed": 0, "no_progress_cut": False
+    }  # fmt: skip
     for before, after in zip(data["seeds"], redone["seeds"], strict=True):
         assert (after["run"], after["steps"], after["minutes"]) == (
             before["run"], before["steps"], before["minutes"],

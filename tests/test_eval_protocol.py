@@ -53,3 +53,26 @@ def test_results_say_how_episodes_started() -> None:
     # results from before the waits were dealt once each still say how they started
     earlier = {"protocol": DRAWN_START_PROTOCOL, "noop_max": 30, "seed": 0}
     assert "drawn independently" in describe_start(earlier)
+    # and results from before eval played stuck episodes on say that training's cut ended them
+    assert start["no_progress_cut"] is False
+    assert describe_start(earlier).endswith(", episodes cut after no progress as in training")
+    dealt = {k: v for k, v in start.items() if k != "no_progress_cut"}
+    assert describe_start(dealt) == describe_start(start) + (
+        ", episodes cut after no progress as in training"
+    )
+
+
+def test_eval_envs_keep_none_of_trainings_aids() -> None:
+    from mario_cli.config import MarioConfig
+    from mario_cli.eval_protocol import without_training_aids
+
+    trained = MarioConfig().to_dict()["env"]
+    assert trained["restarts"]["share"] > 0 and trained["reward"]["no_progress_cut_steps"] > 0
+    played = without_training_aids(trained)
+    assert played["restarts"]["share"] == 0.0 and played["reward"]["no_progress_cut_steps"] == 0
+    assert played["reward"]["death_penalty"] == trained["reward"]["death_penalty"]
+    assert trained["reward"]["no_progress_cut_steps"] > 0  # the caller's dict is untouched
+    # a section without a reward table (a hand-written config) gets the cut off too
+    bare = without_training_aids({"n_envs": 2})
+    env = MarioConfig.model_validate({"env": bare}).env
+    assert env.settings_of("reward").no_progress_cut_steps == 0

@@ -44,8 +44,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_eval_json_keys_and_consistency(trained: Path) -> None:
     result = run_mario(
-        "eval", "tiny-a", "--episodes", "3", "--json", "--artifacts-dir", str(trained)
-    )
+        "eval", "tiny-a", "--episodes", "3", "--max-steps", "120", "--json",
+        "--artifacts-dir", str(trained),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     keys = {"model", "episodes", "avg_reward", "avg_max_x_pos", "clear_rate", "avg_length"}
@@ -65,18 +66,20 @@ def _outcome(episode: dict) -> tuple:
 
 def test_ten_greedy_episodes_differ_and_a_seed_repeats_them(trained: Path) -> None:
     model = find_model("tiny-a", trained)
-    first = evaluate(model, 10, "greedy", seed=3, workers=2)
-    again = evaluate(model, 10, "greedy", seed=3, workers=1)
+    first = evaluate(model, 10, "greedy", 120, seed=3, workers=2)
+    again = evaluate(model, 10, "greedy", 120, seed=3, workers=1)
     assert first["per_episode"] == again["per_episode"]  # worker count and order don't matter
     outcomes = {_outcome(e) for e in first["per_episode"]}
     assert len(outcomes) > 1  # the no-op starts make greedy episodes differ
     waits = [e["noop_frames"] for e in first["per_episode"]]
     assert all(0 <= w <= 30 for w in waits) and len(set(waits)) == 10  # distinct starts
     assert [e["seed"] for e in first["per_episode"]] == list(range(3, 13))
-    flat = evaluate(model, 10, "greedy", seed=3, workers=2, noop_max=0)
+    flat = evaluate(model, 10, "greedy", 120, seed=3, workers=2, noop_max=0)
     assert len({_outcome(e) for e in flat["per_episode"]}) == 1  # the deterministic NES
-    assert first["start"] == {"protocol": START_PROTOCOL, "noop_max": 30, "seed": 3}
-    other = evaluate(model, 10, "greedy", seed=50, workers=2)
+    assert first["start"] == {
+        "protocol": START_PROTOCOL, "noop_max": 30, "seed": 3, "no_progress_cut": False
+    }  # fmt: skip
+    other = evaluate(model, 10, "greedy", 120, seed=50, workers=2)
     assert [e["noop_frames"] for e in other["per_episode"]] != waits
 
 
@@ -175,7 +178,9 @@ def test_eval_plays_on_where_training_cut_an_episode_for_no_progress(trained: Pa
 
 
 def test_stages_fill_per_stage_entries(trained: Path) -> None:
-    result = evaluate(find_model("tiny-a", trained), 1, stages=["1-1", "1-2"], workers=2)
+    result = evaluate(
+        find_model("tiny-a", trained), 1, max_steps=120, stages=["1-1", "1-2"], workers=2
+    )
     assert result["by_policy"]["greedy"]["per_stage"] == result["per_stage"]
     assert set(result["per_stage"]) == {"1-1", "1-2"}
     assert [e["stage"] for e in result["per_episode"]] == ["1-1", "1-2"]

@@ -176,6 +176,23 @@ def test_auto_acts_in_the_workers_only_where_they_can_and_gain() -> None:
     assert choice(trainer) is False
 
 
+def test_the_cost_model_times_the_batch_training_acts_on() -> None:
+    from mario_cli.costs import training_acting_batch
+
+    def batch(acting: str, algo: str = "ppo") -> int:
+        cfg = small_config()
+        cfg.env.n_envs, cfg.env.n_workers, cfg.env.step_groups = 16, 8, 2
+        cfg.train.acting, cfg.algo.algo = acting, algo
+        cfg.algo.n_steps = 16  # a small rollout: shared memory is short on some hosts
+        policy = build_policy(cfg, OBS, 7, CPU)[0]
+        stepper = GradientStepper(policy.parameters(), cfg.algo, 1, CPU, None, False)
+        return training_acting_batch(cfg, policy, stepper, OBS)
+
+    assert batch("auto") == 2  # the workers act: one worker's 2 of the 16 envs
+    assert batch("trainer") == 8  # the trainer acts on one group: half of them
+    assert batch("auto", "impala") == 8  # asynchronous collection: the trainer acts
+
+
 def test_asking_for_worker_acting_where_it_cannot_run_is_one_clear_error() -> None:
     cfg = small_config(recurrent="gru")
     cfg.train.acting = "workers"

@@ -38,7 +38,8 @@ def env(
     """Raw emulator frames/s, one env's agent steps/s, and N envs' steps/s.
 
     N envs step in lockstep (every env, then wait for all). The configured envs are
-    also measured as training steps them: in [env] step_groups groups, double-buffered.
+    also measured in [env] step_groups groups, double-buffered (the trainer acting), and
+    the N envs stepped a whole rollout per command (the workers acting).
     """
     from mario_cli.benchmark import bench_env
 

@@ -49,7 +49,7 @@ from mario_cli.deviations import (
 )
 from mario_cli.envs.stages import StageSpec, action_names, jump_factors
 from mario_cli.errors import ConfigError
-from mario_cli.eval_protocol import DEFAULT_NOOP_MAX
+from mario_cli.eval_protocol import DEFAULT_NOOP_MAX, without_training_aids
 
 MAX_PATH_STEPS = 2500  # a 400-second stage at frame skip 4 is ~2,400 steps
 STALL_STEPS = 150  # a path this long without a new max x is stuck, not dying
@@ -75,12 +75,12 @@ def candidate_actions(movement: str, which: str) -> list[int]:
 
 
 def stage_env_config(cfg: MarioConfig, spec: StageSpec) -> Any:
-    """The run's env settings for one stage from its start: no restarts, no sampling."""
+    """The run's env settings for one stage as eval plays it: from its start, no
+    sampling of stages, none of training's aids (restarts, the no-progress cut)."""
     data = cfg.to_dict()
-    env = dict(data["env"])
+    env = without_training_aids(data["env"])
     env["env_id"] = spec.env_id
     env["random_stage"] = False
-    env["restarts"] = {**env.get("restarts", {}), "share": 0.0}
     return MarioConfig.model_validate({**data, "env": env}).env
 
 
