@@ -28,7 +28,7 @@ import numpy as np
 from mario_cli.envs.core import MarioCore, SavedState
 
 REPLAY_STEPS = 4  # >= the frame stack: after this many replayed steps it holds real frames
-EXPLAIN_STALL_STEPS = 150  # --deviations: a greedy path this long without a new max x is stuck
+STALL_STEPS = 150  # a greedy path this long without a new max x is stuck, not dying
 
 Chooser = Callable[[np.ndarray], int]  # observation -> action (e.g. the policy's argmax)
 
@@ -124,6 +124,23 @@ def greedy_path(
         if stall_steps is not None and since_best >= stall_steps:
             break
     return path
+
+
+def path_to_search(
+    env: Any, choose: Chooser, noop_frames: int, window: int, tail: int, max_steps: int = 3000
+) -> tuple[GreedyPath, GreedyPath]:
+    """Greedy play until the flag, a death or a stall (``STALL_STEPS`` without a new max
+    x), keeping the states a search of ``window`` steps needs; and the part to search:
+    the whole path if it died, else up to ``tail`` steps past where it stopped gaining."""
+    path = greedy_path(
+        env,
+        choose,
+        noop_frames,
+        max_steps,
+        keep_states=STALL_STEPS + window + REPLAY_STEPS + 1,
+        stall_steps=STALL_STEPS,
+    )
+    return path, path if path.died else path.stall_point(tail)
 
 
 @dataclass
@@ -373,15 +390,8 @@ def explain_greedy_death(
     env = make_env(agent.cfg.env)
     try:
         choose: Chooser = lambda obs: agent.act(obs, None, False, True)[0]  # noqa: E731
-        # Stuck (eval plays on to the timer): search where it stopped getting anywhere.
-        path = greedy_path(
-            env,
-            choose,
-            noop_frames,
-            keep_states=EXPLAIN_STALL_STEPS + window + REPLAY_STEPS + 1,
-            stall_steps=EXPLAIN_STALL_STEPS,
-        )
-        searched = path if path.died else path.stall_point(window)
+        # A stuck path (eval plays on to the timer) is searched where it stopped gaining.
+        path, searched = path_to_search(env, choose, noop_frames, window, tail=window)
         found = [] if path.cleared else saving_deviations(env, choose, searched, window=window)
     finally:
         env.close()

@@ -40,11 +40,10 @@ import torch.nn.functional as F
 from mario_cli import metric_names as names
 from mario_cli.config import MarioConfig
 from mario_cli.deviations import (
-    REPLAY_STEPS,
     GreedyPath,
     RepairSearch,
     first_repair,
-    greedy_path,
+    path_to_search,
     replay_from_start,
 )
 from mario_cli.envs.stages import StageSpec, action_names, jump_factors
@@ -52,7 +51,6 @@ from mario_cli.errors import ConfigError
 from mario_cli.eval_protocol import DEFAULT_NOOP_MAX, without_training_aids
 
 MAX_PATH_STEPS = 2500  # a 400-second stage at frame skip 4 is ~2,400 steps
-STALL_STEPS = 150  # a path this long without a new max x is stuck, not dying
 STALL_TAIL = 8  # a stuck path is searched up to this many steps after its max x
 SEARCH_STEPS = 12_000  # env steps one search may take (a few seconds; typical: ~3,000)
 
@@ -165,17 +163,9 @@ class PathRepair:
         self.policy.eval()  # as eval plays it (noisy heads off)
         try:
             choose = self._chooser()
-            path = greedy_path(
-                env,
-                choose,
-                noop,
-                MAX_PATH_STEPS,
-                keep_states=STALL_STEPS + window + REPLAY_STEPS + 1,
-                stall_steps=STALL_STEPS,
-            )
+            path, searched = path_to_search(env, choose, noop, window, STALL_TAIL, MAX_PATH_STEPS)
             search, verified = None, None
             if not path.cleared:
-                searched = path if path.died else path.stall_point(STALL_TAIL)
                 search = first_repair(
                     env,
                     choose,
