@@ -448,15 +448,17 @@ def bench_train(
     """
     from mario_cli.costs import measure_sample_costs
 
-    progress("per-sample costs: emulator, inference, learner")
-    costs = measure_sample_costs(cfg.model_copy(deep=True))
     mario_runs, same_runs, sb3_runs, raws, ceilings, parallels = [], [], [], [], [], []
+    costs = []
     cores = os.cpu_count() or 1
     for round_index in range(rounds):
         # The ceilings are measured just before and just after each round's training,
-        # and their means taken: this host's speed drifts by ±20-40% from minute to
-        # minute, and a ratio of figures taken minutes apart would measure the drift.
+        # and their means taken, and the per-sample costs just before it: this host's
+        # speed drifts by ±20-40% from minute to minute, and a ratio of figures taken
+        # minutes apart would measure the drift.
         of = f"round {round_index + 1}/{rounds}"
+        progress(f"per-sample costs: emulator, inference, learner, {of}")
+        costs.append(measure_sample_costs(cfg.model_copy(deep=True)))
         progress(f"bare emulator, {of}")
         before = env_ceiling_sps(cfg.env)
         progress(f"{cores} bare emulators at once, {of}")
@@ -482,6 +484,8 @@ def bench_train(
     ceiling = float(np.mean(ceilings))
     parallel = float(np.mean(parallels))
     breakdown = _mean_breakdown(mario_runs)
+    # The limit of the mean costs: cores x 1000 / their sum, as each round's limit is.
+    limit = cores * 1000.0 / float(np.mean([c.total_ms for c in costs]))
     result: dict[str, object] = {
         "sps": round(sps, 2),
         "env_ceiling_sps": round(ceiling, 2),
@@ -510,13 +514,17 @@ def bench_train(
         "cpu_count": cores,
         "rounds": rounds,
         "cpu_busy": _mean_or_none([r["cpu_busy"] for r in mario_runs]),
-        "costs_ms": {
-            "emulator_per_step": round(costs.emulator_ms, 3),
-            "inference_per_step": round(costs.inference_ms, 3),
-            "learner_per_sample": round(costs.learner_ms, 3),
+        "costs_ms": {  # the means of the rounds' costs
+            "emulator_per_step": round(float(np.mean([c.emulator_ms for c in costs])), 3),
+            "inference_per_step": round(float(np.mean([c.inference_ms for c in costs])), 3),
+            "learner_per_sample": round(float(np.mean([c.learner_ms for c in costs])), 3),
         },
-        "limit_sps": round(costs.limit_sps, 2),
-        "ratio_to_limit": round(sps / costs.limit_sps, 3),
+        "limit_sps": round(limit, 2),
+        "ratio_to_limit": round(sps / limit, 3),
+        "limit_sps_rounds": [round(c.limit_sps, 2) for c in costs],
+        "ratio_to_limit_rounds": [
+            round(run["sps"] / c.limit_sps, 3) for run, c in zip(mario_runs, costs, strict=True)
+        ],
     }
     measured = [r["in_run_cpu_ms"] for r in mario_runs if r["in_run_cpu_ms"] is not None]
     if measured:  # where the cores' time went while training, beside the costs above

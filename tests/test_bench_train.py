@@ -47,6 +47,9 @@ def test_bench_train_fields_and_breakdown(tmp_path: Path) -> None:
     )
     assert 0 < data["ratio_to_limit"] <= 1.2
     assert data["ratio_to_limit"] == pytest.approx(data["sps"] / data["limit_sps"], abs=1e-3)
+    # one round: its own costs, measured just before it, are the costs
+    assert data["limit_sps_rounds"] == [pytest.approx(data["limit_sps"], abs=0.01)]
+    assert data["ratio_to_limit_rounds"] == [pytest.approx(data["ratio_to_limit"], abs=1e-3)]
     # CPU busy counts this process and the env workers over the measured iterations
     assert 0 < data["cpu_busy"] <= 1.05
     # and where those cores' time went, per agent step: the parts add up to the whole
@@ -125,6 +128,45 @@ def test_bench_train_against_sb3_like_for_like(tmp_path: Path) -> None:
     assert data["sb3_update_seconds"] > 0
     assert set(data["same_settings_breakdown"]) == set(data["breakdown"])
     assert data["same_settings_breakdown"]["update"] > 0
+
+
+def test_each_round_is_set_against_the_costs_measured_just_before_it(monkeypatch) -> None:
+    """The host drifts from minute to minute: a round's ratio to the limit uses the
+    costs measured beside it, and the whole run's uses the rounds' mean costs."""
+    from mario_cli import benchmark, costs
+    from mario_cli.config import MarioConfig
+
+    monkeypatch.setattr(benchmark.os, "cpu_count", lambda: 2)
+    # a slow host in round 1 (every cost 25% higher), a fast one in round 2
+    measured = iter([costs.SampleCosts(5.0, 0.25, 1.25, 2), costs.SampleCosts(4.0, 0.2, 1.0, 2)])
+    monkeypatch.setattr(costs, "measure_sample_costs", lambda cfg: next(measured))
+    monkeypatch.setattr(benchmark, "env_ceiling_sps", lambda cfg: (1000.0, 500.0))
+    monkeypatch.setattr(benchmark, "env_parallel_ceiling_sps", lambda cfg: 480.0)
+    trained = iter([260.0, 350.0])
+
+    def training(cfg, steps):
+        sps = next(trained)
+        return {
+            "sps": sps,
+            "wall_seconds": steps / sps,
+            "steps": steps,
+            "cpu_busy": 0.97,
+            "in_run_cpu_ms": None,
+            "breakdown": {"env_wait": 1.0, "update": 0.5},
+        }
+
+    monkeypatch.setattr(benchmark, "bench_mario_training", training)
+    result = benchmark.bench_train(MarioConfig(), 4096, rounds=2)
+    # round 1: 2,000 / 6.5 ms = 307.69 steps/s; round 2: 2,000 / 5.2 ms = 384.62
+    assert result["limit_sps_rounds"] == [307.69, 384.62]
+    assert result["ratio_to_limit_rounds"] == [round(260 / 307.69, 3), round(350 / 384.62, 3)]
+    assert result["costs_ms"] == {
+        "emulator_per_step": 4.5,
+        "inference_per_step": 0.225,
+        "learner_per_sample": 1.125,
+    }
+    assert result["limit_sps"] == round(2000 / 5.85, 2)  # the mean costs' limit
+    assert result["ratio_to_limit"] == round(305 / (2000 / 5.85), 3)
 
 
 def test_cores_that_emulate_well_under_their_count_together_are_named() -> None:

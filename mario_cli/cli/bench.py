@@ -189,6 +189,9 @@ def train(
     table.add_row("  learner CPU-ms per sample", f"{costs['learner_per_sample']:.2f}")
     table.add_row("limit steps/s (cores / total cost)", f"{result['limit_sps']:,.1f}")
     table.add_row("ratio to limit", f"{result['ratio_to_limit']:.2f}")
+    if result["rounds"] > 1:
+        per_round = ", ".join(f"{value:.2f}" for value in result["ratio_to_limit_rounds"])
+        table.add_row("  ratio to limit, each round", per_round)
     busy = result["cpu_busy"]
     table.add_row("CPU busy (all processes)", "n/a" if busy is None else f"{busy:.2f}")
     for phase, seconds in result["breakdown"].items():
