@@ -102,3 +102,23 @@ def test_a_failed_or_dead_bare_emulator_probe_is_one_clear_error(monkeypatch) ->
     monkeypatch.setattr(benchmark, "_raw_fps_after", _exit_without_reporting)
     with pytest.raises(MarioError, match="exited with code 3 before reporting"):
         benchmark.measure_raw_fps_parallel(EnvConfig(), frames=100, processes=2)
+
+
+def test_the_scalings_divide_by_one_env_measured_before_and_after_them(monkeypatch) -> None:
+    """A host that speeds up during a round must not show as scaling: one env is
+    measured before the N envs and after them, and each scaling divides by the mean."""
+    from mario_cli import benchmark
+    from mario_cli.config import EnvConfig
+
+    singles = iter([200.0, 300.0])  # the host sped up by half during the round
+    monkeypatch.setattr(benchmark, "measure_single_env_sps", lambda cfg, steps: next(singles))
+    monkeypatch.setattr(benchmark, "measure_raw_fps", lambda cfg, frames: 1000.0)
+    monkeypatch.setattr(benchmark, "measure_raw_fps_parallel", lambda cfg, frames, n: 1900.0)
+    monkeypatch.setattr(benchmark, "measure_vector_env_sps", lambda *a, **k: (450.0, 2))
+    monkeypatch.setattr(benchmark, "measure_rollout_env_sps", lambda *a, **k: 500.0)
+    monkeypatch.setattr(benchmark, "measure_pipelined_env_sps", lambda *a, **k: 475.0)
+    result = benchmark.bench_env(EnvConfig(), n_envs=2, steps=100)
+    assert result.single_env_sps == 250.0
+    assert result.scaling_rounds == [1.8] and result.scaling == 1.8
+    assert result.rollout_scaling == 2.0 and result.pipelined_scaling == 1.9
+    assert result.host_scaling == 1.9
