@@ -6,7 +6,7 @@ import os
 import queue
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -191,12 +191,11 @@ def measure_rollout_env_sps(
         venv.attach_actors(RandomActor, seed)
         per_env = max(1, steps // n_envs)
         start = time.perf_counter()
-        # A benchmark's rollout is short: its actors never stop early, so no stop flag
-        # reaches them and Ctrl-C waits for the rollout (seconds) before closing.
+        # A benchmark's rollout is short: its actors never stop early (so a result always
+        # comes back), no stop flag reaches them and Ctrl-C waits for the rollout
+        # (seconds) before closing.
         results = venv.play_rollout(per_env, lambda: False, np.zeros(1, dtype=np.uint8))
         elapsed = time.perf_counter() - start
-        if results is None:
-            raise MarioError("the env workers stopped before the rollout ended: run it again")
         return sum(result["steps"] for result in results) / elapsed
 
 
@@ -450,19 +449,20 @@ def bench_train(
     (``same_settings_config``), so ``ratio_vs_sb3_same_settings`` compares engineering
     alone; ``ratio_vs_sb3`` compares the defaults.
     """
-    from mario_cli.costs import measure_sample_costs
+    from mario_cli.costs import emulator_ms_per_step, measure_sample_costs
 
     mario_runs, same_runs, sb3_runs, raws, ceilings, parallels = [], [], [], [], [], []
     costs = []
     cores = os.cpu_count() or 1
     for round_index in range(rounds):
-        # The ceilings are measured just before and just after each round's training,
-        # and their means taken, and the per-sample costs just before it: this host's
-        # speed drifts by ±20-40% from minute to minute, and a ratio of figures taken
-        # minutes apart would measure the drift.
+        # The ceilings and the emulator's cost are measured just before and just after
+        # each round's training, and their means taken (the learner's and inference's
+        # costs, seconds each, just before): this host's speed drifts by ±20-40% from
+        # minute to minute, and a ratio of figures taken minutes apart would measure
+        # the drift.
         of = f"round {round_index + 1}/{rounds}"
         progress(f"per-sample costs: emulator, inference, learner, {of}")
-        costs.append(measure_sample_costs(cfg.model_copy(deep=True)))
+        cost = measure_sample_costs(cfg.model_copy(deep=True))
         progress(f"bare emulator, {of}")
         before = env_ceiling_sps(cfg.env)
         progress(f"{cores} bare emulators at once, {of}")
@@ -473,6 +473,9 @@ def bench_train(
         after = env_ceiling_sps(cfg.env)
         progress(f"{cores} bare emulators at once again, {of}")
         parallel_after = env_parallel_ceiling_sps(cfg.env)
+        progress(f"the emulator's per-sample cost again, {of}")
+        emulator_after = emulator_ms_per_step(cfg.env, seed=cfg.train.seed)[0]
+        costs.append(replace(cost, emulator_ms=(cost.emulator_ms + emulator_after) / 2))
         raws.append((before[0] + after[0]) / 2)
         ceilings.append((before[1] + after[1]) / 2)
         parallels.append((parallel_before + parallel_after) / 2)
@@ -488,8 +491,9 @@ def bench_train(
     ceiling = float(np.mean(ceilings))
     parallel = float(np.mean(parallels))
     breakdown = _mean_breakdown(mario_runs)
-    # The limit of the mean costs: cores x 1000 / their sum, as each round's limit is.
-    limit = cores * 1000.0 / float(np.mean([c.total_ms for c in costs]))
+    # Averaged in steps/s like the ceilings, so the ratio lies between the rounds' ratios
+    # (the limit of the mean costs would let the slowest round set it).
+    limit = float(np.mean([c.limit_sps for c in costs]))
     result: dict[str, object] = {
         "sps": round(sps, 2),
         "env_ceiling_sps": round(ceiling, 2),
@@ -518,7 +522,7 @@ def bench_train(
         "cpu_count": cores,
         "rounds": rounds,
         "cpu_busy": _mean_or_none([r["cpu_busy"] for r in mario_runs]),
-        "costs_ms": {  # the means of the rounds' costs
+        "costs_ms": {  # the means of the rounds' costs (the limit is the mean of theirs)
             "emulator_per_step": round(float(np.mean([c.emulator_ms for c in costs])), 3),
             "inference_per_step": round(float(np.mean([c.inference_ms for c in costs])), 3),
             "learner_per_sample": round(float(np.mean([c.learner_ms for c in costs])), 3),

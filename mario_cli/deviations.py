@@ -29,6 +29,7 @@ from mario_cli.envs.core import MarioCore, SavedState
 
 REPLAY_STEPS = 4  # >= the frame stack: after this many replayed steps it holds real frames
 STALL_STEPS = 150  # a greedy path this long without a new max x is stuck, not dying
+STALL_TAIL = 8  # a stuck path is searched up to this many steps after its max x
 
 Chooser = Callable[[np.ndarray], int]  # observation -> action (e.g. the policy's argmax)
 
@@ -127,11 +128,12 @@ def greedy_path(
 
 
 def path_to_search(
-    env: Any, choose: Chooser, noop_frames: int, window: int, tail: int, max_steps: int = 3000
+    env: Any, choose: Chooser, noop_frames: int, window: int, max_steps: int = 3000
 ) -> tuple[GreedyPath, GreedyPath]:
     """Greedy play until the flag, a death or a stall (``STALL_STEPS`` without a new max
     x), keeping the states a search of ``window`` steps needs; and the part to search:
-    the whole path if it died, else up to ``tail`` steps past where it stopped gaining."""
+    the whole path if it died, else up to ``STALL_TAIL`` steps past where it stopped
+    gaining, so the search covers the approach to what stopped it."""
     path = greedy_path(
         env,
         choose,
@@ -140,7 +142,7 @@ def path_to_search(
         keep_states=STALL_STEPS + window + REPLAY_STEPS + 1,
         stall_steps=STALL_STEPS,
     )
-    return path, path if path.died else path.stall_point(tail)
+    return path, path if path.died else path.stall_point(STALL_TAIL)
 
 
 @dataclass
@@ -391,7 +393,7 @@ def explain_greedy_death(
     try:
         choose: Chooser = lambda obs: agent.act(obs, None, False, True)[0]  # noqa: E731
         # A stuck path (eval plays on to the timer) is searched where it stopped gaining.
-        path, searched = path_to_search(env, choose, noop_frames, window, tail=window)
+        path, searched = path_to_search(env, choose, noop_frames, window)
         found = [] if path.cleared else saving_deviations(env, choose, searched, window=window)
     finally:
         env.close()
@@ -401,6 +403,9 @@ def explain_greedy_death(
         "steps": len(path.actions),
         "max_x_pos": path.max_x,
         "cleared": path.cleared,
+        # no new max x for STALL_STEPS steps: eval would play on to the timer from here
+        "stuck": not path.cleared and not path.died,
+        "searched_to": len(searched.actions),  # the window is the steps before this one
         "saving": [
             {
                 "step": d.step,

@@ -63,16 +63,26 @@ def without_training_aids(env: dict[str, Any]) -> dict[str, Any]:
     return env
 
 
-def start_protocol(noop_max: int, seed: int) -> dict[str, Any]:
-    """How evaluation episodes start, as written into every result."""
+def start_protocol(noop_max: int, seed: int, no_progress_cut: bool = False) -> dict[str, Any]:
+    """How evaluation episodes start (and whether they were cut), as written into every
+    result. ``no_progress_cut`` is on only where a caller's overrides turned it back on."""
     # no_progress_cut: results written before 2026-12-05 lack it; their episodes were
     # cut where training cut them (see without_training_aids).
     return {
         "protocol": START_PROTOCOL,
         "noop_max": noop_max,
         "seed": seed,
-        "no_progress_cut": False,
+        "no_progress_cut": no_progress_cut,
     }
+
+
+def cuts_without_progress(env: Any) -> bool:
+    """Whether an env config (``EnvConfig``) ends episodes that stop making progress."""
+    try:
+        reward = env.settings_of("reward")
+    except ConfigError:  # a reward component with no settings: no cut
+        return False
+    return getattr(reward, "no_progress_cut_steps", 0) > 0
 
 
 def describe_start(start: dict[str, Any]) -> str:

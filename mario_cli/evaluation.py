@@ -18,6 +18,7 @@ from mario_cli.eval_protocol import (
     DEFAULT_NOOP_MAX,
     check_noop_max,
     check_policy,
+    cuts_without_progress,
     episode_noops,
     start_protocol,
     without_training_aids,
@@ -296,7 +297,7 @@ def evaluate(
     result: dict[str, Any] = {
         "model": str(checkpoint),
         "policy": policy,
-        "start": start_protocol(noop_max, seed),
+        "start": start_protocol(noop_max, seed, cuts_without_progress(agent.cfg.env)),
         "by_policy": {},
     }
     for name in policies:

@@ -110,14 +110,24 @@ def test_the_scalings_divide_by_one_env_measured_before_and_after_them(monkeypat
     from mario_cli import benchmark
     from mario_cli.config import EnvConfig
 
+    calls: list[str] = []
     singles = iter([200.0, 300.0])  # the host sped up by half during the round
-    monkeypatch.setattr(benchmark, "measure_single_env_sps", lambda cfg, steps: next(singles))
+
+    def measured(name: str, value: object):
+        def measure(*_args: object, **_kwargs: object) -> object:
+            calls.append(name)
+            return next(singles) if name == "one env" else value
+
+        return measure
+
+    monkeypatch.setattr(benchmark, "measure_single_env_sps", measured("one env", None))
     monkeypatch.setattr(benchmark, "measure_raw_fps", lambda cfg, frames: 1000.0)
     monkeypatch.setattr(benchmark, "measure_raw_fps_parallel", lambda cfg, frames, n: 1900.0)
-    monkeypatch.setattr(benchmark, "measure_vector_env_sps", lambda *a, **k: (450.0, 2))
-    monkeypatch.setattr(benchmark, "measure_rollout_env_sps", lambda *a, **k: 500.0)
-    monkeypatch.setattr(benchmark, "measure_pipelined_env_sps", lambda *a, **k: 475.0)
+    monkeypatch.setattr(benchmark, "measure_vector_env_sps", measured("lockstep", (450.0, 2)))
+    monkeypatch.setattr(benchmark, "measure_rollout_env_sps", measured("rollout", 500.0))
+    monkeypatch.setattr(benchmark, "measure_pipelined_env_sps", measured("pipelined", 475.0))
     result = benchmark.bench_env(EnvConfig(), n_envs=2, steps=100)
+    assert calls == ["one env", "lockstep", "rollout", "pipelined", "one env"]
     assert result.single_env_sps == 250.0
     assert result.scaling_rounds == [1.8] and result.scaling == 1.8
     assert result.rollout_scaling == 2.0 and result.pipelined_scaling == 1.9

@@ -76,3 +76,8 @@ def test_eval_envs_keep_none_of_trainings_aids() -> None:
     bare = without_training_aids({"n_envs": 2})
     env = MarioConfig.model_validate({"env": bare}).env
     assert env.settings_of("reward").no_progress_cut_steps == 0
+    # what a result then says of its episodes
+    from mario_cli.eval_protocol import cuts_without_progress
+
+    assert not cuts_without_progress(env)
+    assert cuts_without_progress(MarioConfig.model_validate({"env": trained}).env)

@@ -175,6 +175,12 @@ def test_eval_plays_on_where_training_cut_an_episode_for_no_progress(trained: Pa
     agent.act = lambda obs, state, start, greedy: (0, 0.0, None)  # scripted: stand still
     result = play_episode(agent, make_env(agent.cfg.env), True, 60, 0)
     assert result["length"] == 60 and result["max_x_pos"] < 60  # stood until the limit
+    # a library caller may turn the cut back on: its episodes are cut, and it says so
+    cut = {"reward": {"no_progress_cut_steps": 3}}
+    model = find_model("tiny-a", trained)
+    result = evaluate(model, 1, max_steps=60, noop_max=0, env_overrides=cut)
+    assert result["start"]["no_progress_cut"] is True
+    assert evaluate(model, 1, max_steps=60, noop_max=0)["start"]["no_progress_cut"] is False
 
 
 def test_stages_fill_per_stage_entries(trained: Path) -> None:
@@ -387,9 +393,12 @@ def test_eval_deviations_lists_only_changes_that_get_further(trained: Path) -> N
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)["greedy_deviations"]
     assert found["steps"] >= 1 and found["noop_frames"] == 0 and found["window"] == 3
+    # a path that died is searched to its end; one that got stuck, around where it stuck
+    assert found["stuck"] == (not found["cleared"] and found["searched_to"] < found["steps"])
+    assert 1 <= found["searched_to"] <= found["steps"]
     for deviation in found["saving"]:
         assert deviation["max_x_pos"] >= found["max_x_pos"] + 64
-        assert found["steps"] - 3 <= deviation["step"] < found["steps"]
+        assert found["searched_to"] - 3 <= deviation["step"] < found["searched_to"]
     clash = run_mario(*args, "--render", "--artifacts-dir", str(trained))
     assert clash.returncode != 0 and "do not mix" in clash.stderr
 
@@ -398,10 +407,16 @@ def test_deviations_print_as_a_table(capsys: pytest.CaptureFixture[str]) -> None
     from mario_cli.cli.eval import _print_deviations
 
     saving = [{"step": 96, "x_pos": 929, "action": "NOOP", "max_x_pos": 1660, "cleared": False}]
-    found = {"window": 28, "steps": 116, "max_x_pos": 1130, "cleared": False}
-    _print_deviations({**found, "saving": saving})
+    found = {"window": 28, "steps": 116, "max_x_pos": 1130, "cleared": False, "stuck": False}
+    _print_deviations({**found, "searched_to": 116, "saving": saving})
     shown = capsys.readouterr().out
     assert "greedy path (no no-ops): 116 steps, ended at x = 1130" in shown
     assert "929" in shown and "NOOP" in shown and "1660" in shown
-    _print_deviations({**found, "saving": []})
+    _print_deviations({**found, "searched_to": 116, "saving": []})
     assert "no one-step deviation in its last 28 steps" in capsys.readouterr().out
+    # a stuck path: where it stuck, and the window before that, not its last steps
+    stuck = {**found, "steps": 290, "stuck": True, "searched_to": 148, "saving": []}
+    _print_deviations(stuck)
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "stuck at x = 1130 (no new max x for 150 steps, stopped at step 290" in shown
+    assert "no one-step deviation in the 28 steps before step 148" in shown

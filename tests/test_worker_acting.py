@@ -183,6 +183,7 @@ def test_the_cost_model_times_the_batch_training_acts_on() -> None:
         cfg = small_config()
         cfg.env.n_envs, cfg.env.n_workers, cfg.env.step_groups = 16, 8, 2
         cfg.train.acting, cfg.algo.algo = acting, algo
+        cfg.train.device = "cpu"  # on a GPU host "auto" trains on CUDA, where the trainer acts
         cfg.algo.n_steps = 16  # a small rollout: shared memory is short on some hosts
         policy = build_policy(cfg, OBS, 7, CPU)[0]
         stepper = GradientStepper(policy.parameters(), cfg.algo, 1, CPU, None, False)

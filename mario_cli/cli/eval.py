@@ -138,14 +138,23 @@ def eval_command(
 
 
 def _print_deviations(found: dict[str, Any]) -> None:
-    ended = "cleared" if found["cleared"] else f"ended at x = {found['max_x_pos']}"
-    console.print(f"greedy path (no no-ops): {found['steps']} steps, {ended}")
     if found["cleared"]:
+        console.print(f"greedy path (no no-ops): cleared in {found['steps']} steps")
         return
-    if not found["saving"]:
+    from mario_cli.deviations import STALL_STEPS
+
+    x = found["max_x_pos"]
+    if found.get("stuck"):
         console.print(
-            f"no one-step deviation in its last {found['window']} steps gets 64 px further"
+            f"greedy path (no no-ops): stuck at x = {x} (no new max x for {STALL_STEPS} "
+            f"steps, stopped at step {found['steps']}; eval plays on to the timer)"
         )
+        searched = f"the {found['window']} steps before step {found['searched_to']}"
+    else:
+        console.print(f"greedy path (no no-ops): {found['steps']} steps, ended at x = {x}")
+        searched = f"its last {found['window']} steps"
+    if not found["saving"]:
+        console.print(f"no one-step deviation in {searched} gets 64 px further")
         return
     table = Table(title="one-step deviations that get past it (then greedy again)")
     for column in ("step", "x", "action", "max x", "cleared"):

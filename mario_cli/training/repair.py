@@ -19,7 +19,8 @@ cleared keeps the clear next to its repair, so a way through is not forgotten wh
 newer check of another start comes. They are not saved in checkpoints: a resumed run
 finds them again at its next check.
 
-This is a training aid, like restarts: the checks run in the learner's own env, never
+This is a training aid, like restarts: the checks play the learner's stage as eval
+plays it (restarts and the no-progress cut off, :func:`stage_env_config`), never
 enter ``rollout/*``, ``best.pt`` or eval, and are reported as ``repair/*``.
 """
 
@@ -51,7 +52,6 @@ from mario_cli.errors import ConfigError
 from mario_cli.eval_protocol import DEFAULT_NOOP_MAX, without_training_aids
 
 MAX_PATH_STEPS = 2500  # a 400-second stage at frame skip 4 is ~2,400 steps
-STALL_TAIL = 8  # a stuck path is searched up to this many steps after its max x
 SEARCH_STEPS = 12_000  # env steps one search may take (a few seconds; typical: ~3,000)
 
 
@@ -163,7 +163,7 @@ class PathRepair:
         self.policy.eval()  # as eval plays it (noisy heads off)
         try:
             choose = self._chooser()
-            path, searched = path_to_search(env, choose, noop, window, STALL_TAIL, MAX_PATH_STEPS)
+            path, searched = path_to_search(env, choose, noop, window, MAX_PATH_STEPS)
             search, verified = None, None
             if not path.cleared:
                 search = first_repair(
