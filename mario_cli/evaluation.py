@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,7 +158,8 @@ _WORKER_CACHE_SIZE = 2
 def _agent_and_env(job: EpisodeJob) -> tuple[Agent, Any]:
     from mario_cli.envs import make_env
 
-    key = (job.checkpoint, tuple(sorted(job.env_overrides.items())))
+    # Overrides may nest tables ({"reward": {...}}): keyed by their JSON, not hashed.
+    key = (job.checkpoint, json.dumps(job.env_overrides, sort_keys=True, default=str))
     if key not in _worker_cache:
         while len(_worker_cache) >= _WORKER_CACHE_SIZE:  # drop the oldest
             _, old_env = _worker_cache.pop(next(iter(_worker_cache)))
