@@ -268,7 +268,7 @@ def bench_env(
         progress(f"{cfg.n_envs} envs in {cfg.step_groups} groups, double-buffered" + of)
         pipelined.append(measure_pipelined_env_sps(cfg, steps * max(1, cfg.n_envs // 2), n_workers))
         # One env again, after the envs in workers: the scalings divide by the mean of
-        # the two, so a host that drifts during the round does not favour either side.
+        # the two, which stands for the middle of the round rather than its start.
         progress("one env, full pipeline again" + of)
         singles.append((single_before + measure_single_env_sps(cfg, steps)) / 2)
     # The ratios come from the figures as printed, so a reader can recompute them.

@@ -144,7 +144,7 @@ def _print_deviations(found: dict[str, Any]) -> None:
     from mario_cli.deviations import STALL_STEPS
 
     x = found["max_x_pos"]
-    if found.get("stuck"):
+    if found["stuck"]:
         console.print(
             f"greedy path (no no-ops): stuck at x = {x} (no new max x for {STALL_STEPS} "
             f"steps, stopped at step {found['steps']}; eval plays on to the timer)"
