@@ -390,6 +390,12 @@ class RepairConfig(Section):
     repair_every: int = Field(
         8192, ge=0, description="Agent steps between greedy checks from the stage start (0: off)."
     )
+    repair_backoff: int = Field(
+        8,
+        ge=1,
+        description="Checks that clear double the interval, up to this many times "
+        "repair_every; a failed check resets it (1: no back-off).",
+    )
     repair_window: int = Field(
         24, ge=1, description="Steps before a greedy death searched for a change that saves it."
     )

@@ -58,6 +58,7 @@ REPAIR_DEMO_STEPS = "repair/demo_steps"  # their steps
 REPAIR_ACCURACY = "repair/accuracy"  # share of those steps the policy's argmax already takes
 REPAIR_FIX_ACCURACY = "repair/fix_accuracy"  # the same, at the fixes only
 REPAIR_IMITATION_LOSS = "repair/imitation_loss"
+REPAIR_INTERVAL = "repair/interval"  # agent steps to the next check (backs off while clearing)
 REPAIR_SECONDS = "repair/seconds"  # wall-clock seconds of the checks (with their search) so far
 
 # best.pt by greedy play from every eval start (--best-by greedy)

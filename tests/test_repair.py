@@ -186,21 +186,59 @@ def test_a_new_path_for_a_start_replaces_its_old_one_and_the_oldest_go(tmp_path:
 def test_checks_come_at_multiples_of_repair_every(tmp_path: Path, monkeypatch) -> None:
     repair = _repair_for(tmp_path, repair_every=1000)
     checked: list[int] = []
-    monkeypatch.setattr(repair, "check", lambda: checked.append(step) or "checked")
+    monkeypatch.setattr(repair, "check", lambda: (checked.append(step), ("died", False))[1])
     for step in (512, 1024, 1536, 2048, 2560, 3072):
         _, notices = repair.after_update(step)
-        assert notices == (["checked"] if step in (1024, 2048, 3072) else [])
+        assert notices == (["died"] if step in (1024, 2048, 3072) else [])
     assert checked == [1024, 2048, 3072]
     resumed = _repair_for(tmp_path, repair_every=1000)
-    monkeypatch.setattr(resumed, "check", lambda: checked.append(-step) or "checked")
+    monkeypatch.setattr(resumed, "check", lambda: (checked.append(-step), ("died", False))[1])
     for step in (5120, 5632, 6144):  # a resumed run: the next multiple, not at once
         resumed.after_update(step)
     assert checked == [1024, 2048, 3072, -6144]
 
 
+def test_checks_back_off_while_greedy_play_clears_and_return_at_a_failure(
+    tmp_path: Path, monkeypatch
+) -> None:
+    repair = _repair_for(tmp_path, repair_every=1000, repair_backoff=4)
+    outcomes = iter([True, True, True, False, True, True])
+    checked: list[int] = []
+
+    def check() -> tuple[str, bool]:
+        checked.append(step)
+        cleared = next(outcomes)
+        return ("cleared" if cleared else "died"), cleared
+
+    monkeypatch.setattr(repair, "check", check)
+    notices, intervals = [], []
+    for step in range(500, 16_000, 500):
+        metrics, said = repair.after_update(step)
+        notices += said
+        if said:
+            intervals.append(metrics["repair/interval"])
+    # clears double the interval up to 4x; the failure at 11,000 returns it to 1x
+    assert checked == [1000, 3000, 7000, 11_000, 12_000, 14_000]
+    assert intervals == [2000.0, 4000.0, 4000.0, 1000.0, 2000.0, 4000.0]
+    assert notices[:2] == [
+        "cleared; next check in 2,000 steps",
+        "cleared; next check in 4,000 steps",
+    ]
+    assert notices[3] == "died"
+
+    never = _repair_for(tmp_path, repair_every=1000, repair_backoff=1)
+    checked.clear()
+    outcomes = iter([True] * 5)
+    monkeypatch.setattr(never, "check", check)
+    for step in range(500, 5500, 500):
+        never.after_update(step)
+    assert checked == [1000, 2000, 3000, 4000, 5000]
+
+
 def test_training_with_repair_checks_greedy_play_and_reports_it(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path, repair={"repair_every": 32, "repair_window": 2})
-    trainer, events = train(cfg)
+    # no back-off: this tiny run's first greedy path may clear (it holds right+A+B)
+    repair = {"repair_every": 32, "repair_window": 2, "repair_backoff": 1}
+    trainer, events = train(tiny_config(tmp_path, repair=repair))
     assert events[-1].status == "finished"
     stats = [e for e in events if isinstance(e, IterationStats)]
     assert [s.metrics.get("repair/checks") for s in stats] == [1.0, 2.0]

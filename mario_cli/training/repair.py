@@ -125,6 +125,7 @@ class PathRepair:
         self.checks = self.clears = self.fixes = 0
         self.seconds = 0.0
         self.next_check: int | None = None
+        self.backoff = 1  # the interval in multiples of repair_every
         self._envs: dict[str, Any] = {}
         # The env workers are idle during a check (synchronous training): the search's
         # trials play in one thread per core, each on its own env (the first: the check's),
@@ -146,12 +147,20 @@ class PathRepair:
             self._rng = np.random.default_rng([self.cfg.train.seed, 0x9E9A, global_step])
         notices = []
         if global_step >= self.next_check:
-            self.next_check = (global_step // every + 1) * every
-            notices.append(self.check())
+            message, cleared = self.check()
+            # Once greedy play clears, a check mostly finds what is kept already: back
+            # off, and come back to the base interval at the first start that fails.
+            self.backoff = min(2 * self.backoff, self.settings.repair_backoff) if cleared else 1
+            self.next_check = (global_step // every + self.backoff) * every
+            self._last[names.REPAIR_INTERVAL] = float(self.backoff * every)
+            if cleared and self.backoff > 1:
+                message += f"; next check in {self.next_check - global_step:,} steps"
+            notices.append(message)
         return self._last | self.imitate(), notices
 
-    def check(self) -> str:
-        """Play greedily from one drawn start; keep its path (cleared or repaired)."""
+    def check(self) -> tuple[str, bool]:
+        """Play greedily from one drawn start; keep its path (cleared or repaired).
+        Returns the check's line and whether the path cleared."""
         began = time.perf_counter()
         spec = self.specs[int(self._rng.integers(len(self.specs)))]
         noop = int(self._rng.integers(0, DEFAULT_NOOP_MAX + 1))
@@ -212,7 +221,7 @@ class PathRepair:
             message = f"repair: {start} {self._no_repair(path, window, search)}"
         self._last[names.REPAIR_CLEARS] = float(self.clears)
         self._last[names.REPAIR_FIXES] = float(self.fixes)
-        return message
+        return message, path.cleared
 
     def _verify(
         self, env: Any, noop: int, search: RepairSearch, died_at: int
