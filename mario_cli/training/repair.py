@@ -17,7 +17,9 @@ newest ``repair_paths`` of them) and one cleared path (the newest ``repair_clear
 a clear replaces that start's repaired path, and a later death from a start that once
 cleared keeps the clear next to its repair, so a way through is not forgotten when a
 newer check of another start comes. They are not saved in checkpoints: a resumed run
-finds them again at its next check.
+finds them again at its next check. While the checks' paths clear, each clear doubles
+the interval (up to ``repair_backoff`` times ``repair_every``): on 1-1 every check found
+a clear after the first minutes and the checks took 9% of an hour.
 
 This is a training aid, like restarts: the checks play the learner's stage as eval
 plays it (restarts and the no-progress cut off, :func:`stage_env_config`), never
