@@ -393,8 +393,8 @@ class RepairConfig(Section):
     repair_backoff: int = Field(
         8,
         ge=1,
-        description="Checks that clear double the interval, up to this many times "
-        "repair_every; a failed check resets it (1: no back-off).",
+        description="Every 4 clearing checks in a row double the interval, up to this "
+        "many times repair_every; a failed check resets it (1: no back-off).",
     )
     repair_window: int = Field(
         24, ge=1, description="Steps before a greedy death searched for a change that saves it."

@@ -202,7 +202,7 @@ def test_checks_back_off_while_greedy_play_clears_and_return_at_a_failure(
     tmp_path: Path, monkeypatch
 ) -> None:
     repair = _repair_for(tmp_path, repair_every=1000, repair_backoff=4)
-    outcomes = iter([True, True, True, False, True, True])
+    outcomes = iter([True, True, False, *[True] * 12, False, True])
     checked: list[int] = []
 
     def check() -> tuple[str, bool]:
@@ -212,19 +212,22 @@ def test_checks_back_off_while_greedy_play_clears_and_return_at_a_failure(
 
     monkeypatch.setattr(repair, "check", check)
     notices, intervals = [], []
-    for step in range(500, 16_000, 500):
+    for step in range(500, 37_000, 500):
         metrics, said = repair.after_update(step)
         notices += said
         if said:
             intervals.append(metrics["repair/interval"])
-    # clears double the interval up to 4x; the failure at 11,000 returns it to 1x
-    assert checked == [1000, 3000, 7000, 11_000, 12_000, 14_000]
-    assert intervals == [2000.0, 4000.0, 4000.0, 1000.0, 2000.0, 4000.0]
-    assert notices[:2] == [
-        "cleared; next check in 2,000 steps",
-        "cleared; next check in 4,000 steps",
+    # every 4 clears in a row double the interval, up to 4x; a failure returns it to 1x
+    assert checked == [
+        *range(1000, 8000, 1000),  # the failure at 3,000 starts the count again
+        *range(9000, 16_000, 2000),  # 4 clears in a row (4,000-7,000): 2x
+        *range(19_000, 32_000, 4000),  # 8: 4x, and 12 stays at 4x (repair_backoff)
+        35_000,  # died: 1x again
+        36_000,
     ]
-    assert notices[3] == "died"
+    assert intervals == [1000.0] * 6 + [2000.0] * 4 + [4000.0] * 5 + [1000.0] * 2
+    assert notices[2] == notices[-2] == "died"
+    assert notices[5:7] == ["cleared", "cleared; 4 clears in a row: next check in 2,000 steps"]
 
     never = _repair_for(tmp_path, repair_every=1000, repair_backoff=1)
     checked.clear()
