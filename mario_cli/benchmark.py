@@ -51,6 +51,16 @@ class EnvBenchResult:
     rollout_env_sps: float = 0.0
     rollout_scaling: float = 0.0
     rollout_scaling_rounds: list[float] = field(default_factory=list)
+    # The lockstep scaling split in two, per round: scaling = n_workers x env_speed x busy.
+    # env_speed: one env's step time alone ÷ an env step's time inside a worker with the
+    # others stepping beside it (the host's share; host_scaling ÷ n_workers for bare
+    # emulators). busy: the share of the wall time the workers spent stepping, the rest
+    # being round trips and the wait for the slowest worker (the pipeline's share).
+    lockstep_env_step_ms: float = 0.0
+    lockstep_env_speed: float = 0.0
+    lockstep_env_speed_rounds: list[float] = field(default_factory=list)
+    lockstep_busy: float = 0.0
+    lockstep_busy_rounds: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,21 +151,43 @@ def measure_single_env_sps(cfg: EnvConfig, steps: int, seed: int = 0) -> float:
         env.close()
 
 
+@dataclass
+class LockstepMeasure:
+    """``n_envs`` envs in worker processes stepped in lockstep, and where the time went."""
+
+    sps: float  # agent steps/s summed over the envs
+    n_workers: int
+    env_step_ms: float  # one env step inside a worker, the emulators side by side
+    busy: float  # share of the wall time the workers spent stepping (mean over workers)
+
+
 def measure_vector_env_sps(
     cfg: EnvConfig, n_envs: int, steps: int, n_workers: int | None = None, seed: int = 0
-) -> tuple[float, int]:
-    """Agent steps/s summed over ``n_envs`` envs in worker processes, and the worker count."""
+) -> LockstepMeasure:
+    """Agent steps/s summed over ``n_envs`` envs in worker processes, stepped in lockstep.
+
+    ``sps`` ÷ one env's = ``n_workers`` × (one env's step time alone ÷ ``env_step_ms``) ×
+    ``busy``: the host's slowdown of emulators side by side, and the workers' wait for
+    the parent and for each other.
+    """
     with VectorEnv(cfg, n_envs=n_envs, seed=seed, mode="process", n_workers=n_workers) as venv:
         venv.reset()
         rng = np.random.default_rng(seed)
         n_actions = venv.single_action_space.n
         batches = max(1, steps // n_envs)
         actions = rng.integers(n_actions, size=(batches, n_envs))
+        venv.lockstep_seconds = [0.0] * venv.n_workers
         start = time.perf_counter()
         for batch in actions:
             venv.step(batch)
         elapsed = time.perf_counter() - start
-        return batches * n_envs / elapsed, venv.n_workers
+        stepping = sum(venv.lockstep_seconds)
+        return LockstepMeasure(
+            sps=batches * n_envs / elapsed,
+            n_workers=venv.n_workers,
+            env_step_ms=1000 * stepping / (batches * n_envs),
+            busy=stepping / venv.n_workers / elapsed,
+        )
 
 
 class RandomActor:
@@ -246,6 +278,7 @@ def bench_env(
     and a ratio of measurements taken side by side, round by round, drifts less.
     """
     raws, parallels, singles, vectors, pipelined, rollouts = [], [], [], [], [], []
+    lockstep: list[LockstepMeasure] = []
     workers = 0
     processes = min(n_workers or cfg.n_workers or default_worker_count(n_envs), n_envs)
     for index in range(rounds):
@@ -257,10 +290,9 @@ def bench_env(
         progress("one env, full pipeline" + of)
         single_before = measure_single_env_sps(cfg, steps)
         progress(f"{n_envs} envs in worker processes" + of)
-        vector, workers = measure_vector_env_sps(
-            cfg, n_envs, steps * max(1, n_envs // 2), n_workers
-        )
-        vectors.append(vector)
+        lockstep.append(measure_vector_env_sps(cfg, n_envs, steps * max(1, n_envs // 2), n_workers))
+        vectors.append(lockstep[-1].sps)
+        workers = lockstep[-1].n_workers
         progress(f"{n_envs} envs in worker processes, a whole rollout per command" + of)
         rollouts.append(
             measure_rollout_env_sps(cfg, n_envs, steps * max(1, n_envs // 2), n_workers)
@@ -282,6 +314,9 @@ def bench_env(
     vector = round(float(np.mean(vectors)), 1)
     pipelined_sps = round(float(np.mean(pipelined)), 1)
     rollout_sps = round(float(np.mean(rollouts)), 1)
+    env_step_ms = [round(measure.env_step_ms, 3) for measure in lockstep]
+    speeds = [round(1000 / s / ms, 3) for s, ms in zip(singles, env_step_ms, strict=True)]
+    busy = [round(measure.busy, 3) for measure in lockstep]
     return EnvBenchResult(
         raw_fps=raw_fps,
         single_env_sps=single,
@@ -305,6 +340,11 @@ def bench_env(
         rollout_env_sps=rollout_sps,
         rollout_scaling=round(rollout_sps / single, 3),
         rollout_scaling_rounds=[round(v / s, 3) for v, s in zip(rollouts, singles, strict=True)],
+        lockstep_env_step_ms=round(float(np.mean(env_step_ms)), 3),
+        lockstep_env_speed=round(1000 / single / float(np.mean(env_step_ms)), 3),
+        lockstep_env_speed_rounds=speeds,
+        lockstep_busy=round(float(np.mean(busy)), 3),
+        lockstep_busy_rounds=busy,
     )
 
 

@@ -57,6 +57,15 @@ def test_bench_env_json_fields_are_consistent(tmp_path: Path) -> None:
         data["rollout_env_sps"] / data["single_env_sps"], abs=2e-3
     )
     assert data["rollout_scaling_rounds"] == [pytest.approx(data["rollout_scaling"], abs=2e-3)]
+    # the lockstep scaling, split: workers x an env's speed beside the others x busy share
+    assert data["lockstep_env_step_ms"] > 0
+    assert data["lockstep_env_speed"] == pytest.approx(
+        1000 / data["single_env_sps"] / data["lockstep_env_step_ms"], abs=2e-3
+    )
+    assert 0 < data["lockstep_busy"] <= 1
+    assert data["n_workers"] * data["lockstep_env_speed"] * data["lockstep_busy"] == (
+        pytest.approx(data["scaling"], rel=0.01)
+    )
 
 
 def test_bench_env_rounds_alternate_and_average() -> None:
@@ -68,6 +77,13 @@ def test_bench_env_rounds_alternate_and_average() -> None:
     assert len(data["pipelined_scaling_rounds"]) == 2
     assert len(data["rollout_scaling_rounds"]) == 2
     assert all(value > 0 for value in data["scaling_rounds"])
+    for scaling, speed, busy in zip(
+        data["scaling_rounds"],
+        data["lockstep_env_speed_rounds"],
+        data["lockstep_busy_rounds"],
+        strict=True,
+    ):
+        assert data["n_workers"] * speed * busy == pytest.approx(scaling, rel=0.01)
     # the figures are the rounds' means: the overall scaling, their ratio, is a weighted
     # mean of the rounds' scalings, so it lies between them
     low, high = min(data["scaling_rounds"]), max(data["scaling_rounds"])
@@ -123,7 +139,8 @@ def test_the_scalings_divide_by_one_env_measured_before_and_after_them(monkeypat
     monkeypatch.setattr(benchmark, "measure_single_env_sps", measured("one env", None))
     monkeypatch.setattr(benchmark, "measure_raw_fps", lambda cfg, frames: 1000.0)
     monkeypatch.setattr(benchmark, "measure_raw_fps_parallel", lambda cfg, frames, n: 1900.0)
-    monkeypatch.setattr(benchmark, "measure_vector_env_sps", measured("lockstep", (450.0, 2)))
+    lockstep = benchmark.LockstepMeasure(sps=450.0, n_workers=2, env_step_ms=4.2, busy=0.945)
+    monkeypatch.setattr(benchmark, "measure_vector_env_sps", measured("lockstep", lockstep))
     monkeypatch.setattr(benchmark, "measure_rollout_env_sps", measured("rollout", 500.0))
     monkeypatch.setattr(benchmark, "measure_pipelined_env_sps", measured("pipelined", 475.0))
     result = benchmark.bench_env(EnvConfig(), n_envs=2, steps=100)
@@ -132,3 +149,6 @@ def test_the_scalings_divide_by_one_env_measured_before_and_after_them(monkeypat
     assert result.scaling_rounds == [1.8] and result.scaling == 1.8
     assert result.rollout_scaling == 2.0 and result.pipelined_scaling == 1.9
     assert result.host_scaling == 1.9
+    # one env alone took 1000 / 250 = 4.0 ms a step, 4.2 beside the other: 2 x 0.952 x 0.945
+    assert result.lockstep_env_speed_rounds == [0.952] and result.lockstep_busy_rounds == [0.945]
+    assert result.n_workers == 2

@@ -37,7 +37,9 @@ def env(
 ) -> None:
     """Raw emulator frames/s, one env's agent steps/s, and N envs' steps/s.
 
-    N envs step in lockstep (every env, then wait for all). The configured envs are
+    N envs step in lockstep (every env, then wait for all); their scaling is split into
+    each env's speed beside the others and the workers' share of time stepping. The
+    configured envs are
     also measured in [env] step_groups groups, double-buffered (the trainer acting), and
     the N envs stepped a whole rollout per command (the workers acting).
     """
@@ -76,6 +78,14 @@ def env(
     table.add_row("efficiency (one env / ceiling)", f"{result.efficiency:.2f}")
     table.add_row("scaling (vector / one env)", f"{result.scaling:.2f}")
     table.add_row(
+        "  = workers x an env's speed beside the others (÷ alone)",
+        f"{result.lockstep_env_speed:.2f}",
+    )
+    table.add_row(
+        "    x workers' share of the time stepping",
+        f"{result.lockstep_busy:.2f}",
+    )
+    table.add_row(
         "rollout scaling (a rollout per command / one env)", f"{result.rollout_scaling:.2f}"
     )
     table.add_row(
@@ -91,6 +101,10 @@ def env(
     if result.rounds > 1:
         per_round = ", ".join(f"{value:.2f}" for value in result.scaling_rounds)
         table.add_row(f"  scaling in each of {result.rounds} rounds", per_round)
+        per_round = ", ".join(f"{value:.2f}" for value in result.lockstep_env_speed_rounds)
+        table.add_row(f"  an env's speed beside the others, {result.rounds} rounds", per_round)
+        per_round = ", ".join(f"{value:.2f}" for value in result.lockstep_busy_rounds)
+        table.add_row(f"  workers' share stepping, {result.rounds} rounds", per_round)
         per_round = ", ".join(f"{value:.2f}" for value in result.rollout_scaling_rounds)
         table.add_row(f"  rollout scaling in each of {result.rounds} rounds", per_round)
         per_round = ", ".join(f"{value:.2f}" for value in result.host_scaling_rounds)

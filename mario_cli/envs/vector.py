@@ -150,7 +150,9 @@ def _worker_main(
         while True:
             command, data = _next_command(conn, poll_seconds_after(command, spin_seconds))
             if command == "step":
-                conn.send(("ok", group.step(data, out)))
+                started = time.perf_counter()
+                results = group.step(data, out)
+                conn.send(("ok", (results, time.perf_counter() - started)))
             elif command == "step_group":
                 actions, only = data
                 conn.send(("ok", group.step(actions, out, only)))
@@ -330,6 +332,10 @@ class VectorEnv:
         self._group: EnvGroup | None = None
         self._workers: list[tuple[mp.process.BaseProcess, Connection, list[int]]] = []
         self._shm: SharedMemory | None = None
+        # Seconds each worker spent stepping its envs in `step` (lockstep), the pipes'
+        # round trips and the wait for the other workers left out: `mario bench env`
+        # splits its scaling into the emulators' speed side by side and that wait.
+        self.lockstep_seconds: list[float] = []
         if self.mode == "sync":
             self._group = EnvGroup(cfg, list(range(self.num_envs)), seed)
             self.single_observation_space, self.single_action_space = self._group.spaces
@@ -371,6 +377,7 @@ class VectorEnv:
                 child.close()
                 self._workers.append((proc, parent, indices))
                 self._pending.append(deque())
+                self.lockstep_seconds.append(0.0)
             spaces = [self._receive(w, timeout=_START_TIMEOUT_SECONDS) for w in range(n_workers)]
             self.single_observation_space, self.single_action_space = spaces[0]
             obs_space = self.single_observation_space
@@ -455,9 +462,12 @@ class VectorEnv:
         else:
             for worker in range(len(self._workers)):
                 self._send(worker, ("step", actions))
-            results = _results_in_env_order(
-                [(self._receive(w), ix) for w, (_, _, ix) in enumerate(self._workers)]
-            )
+            by_worker = []
+            for worker, (_, _, indices) in enumerate(self._workers):
+                result, seconds = self._receive(worker)
+                self.lockstep_seconds[worker] += seconds
+                by_worker.append((result, indices))
+            results = _results_in_env_order(by_worker)
         return self._obs.copy(), *_stacked(results)
 
     def step_async(self, span: tuple[int, int], actions: np.ndarray) -> None:
