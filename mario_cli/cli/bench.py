@@ -39,7 +39,7 @@ def env(
 
     N envs step in lockstep (every env, then wait for all); their scaling is split into
     each env's speed beside the others and the workers' share of time stepping. The
-    configured envs are also measured in [env] step_groups groups, double-buffered (the
+    configured envs are also measured in env.step_groups groups, double-buffered (the
     trainer acting), and the N envs stepped a whole rollout per command (the workers
     acting).
     """
