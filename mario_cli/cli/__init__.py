@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import typer
@@ -41,6 +42,30 @@ app.command("runs")(runs_cmd.runs)
 app.command("monitor")(monitor.monitor)
 app.command("plugins")(plugins_cmd.plugins)
 
+
+def reflow(doc: str) -> str:
+    """A docstring with each paragraph on one line, for the terminal to wrap."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
+
+
+def reflow_help(typer_app: typer.Typer) -> None:
+    """Every command's help text reflowed.
+
+    Typer keeps a docstring's line breaks, so lines written for the source's width broke
+    again mid-sentence in an 80-column terminal.
+    """
+    for command in typer_app.registered_commands:
+        doc = command.help if command.help is not None else inspect.getdoc(command.callback)
+        if doc:
+            command.help = reflow(doc)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            reflow_help(group.typer_instance)
+
+
+reflow_help(app)
+
 _debug = False
 
 
@@ -66,6 +91,7 @@ def _add_plugin_commands() -> None:
     except MarioError as exc:
         print_error(str(exc))
         sys.exit(exc.exit_code)
+    reflow_help(app)
 
 
 def main() -> None:
