@@ -18,7 +18,7 @@ from mario_cli.config import chosen_settings, load_config
 from mario_cli.errors import ConfigError, MarioError
 from mario_cli.eval_protocol import DEFAULT_NOOP_MAX
 
-app = typer.Typer(help="Measure throughput on this machine.", no_args_is_help=True)
+app = typer.Typer(help="Measure throughput and learning on this machine.", no_args_is_help=True)
 
 
 @app.command("env")
