@@ -31,6 +31,31 @@ def test_reflow_joins_lines_and_keeps_paragraphs() -> None:
     assert reflow(doc) == "First line.\n\nA paragraph written over two lines.\n\nAnother."
 
 
+def test_reflow_keeps_what_click_users_lay_out_by_hand() -> None:
+    # A plugin's command may use Click's conventions: \b keeps a paragraph's lines, \f
+    # hides what follows from help; lists and indented blocks are laid out on purpose.
+    doc = """Run it.
+
+    \b
+    mario thing --a
+    mario thing --b
+
+    Options:
+    - one
+    - two
+
+    Text joined
+    into one line.
+    \f
+    internal notes
+    kept apart
+    """
+    assert reflow(doc) == (
+        "Run it.\n\n\b\nmario thing --a\nmario thing --b\n\nOptions:\n- one\n- two\n\n"
+        "Text joined into one line.\n\f\ninternal notes\nkept apart"
+    )
+
+
 def test_help_paragraphs_fill_an_80_column_terminal() -> None:
     for command in (["bench", "env"], ["tune"], ["resume"], ["bench", "learn-eval"]):
         result = run_mario(*command, "--help", env={"COLUMNS": "80"})

@@ -43,10 +43,24 @@ app.command("monitor")(monitor.monitor)
 app.command("plugins")(plugins_cmd.plugins)
 
 
+def _keeps_its_lines(paragraph: str) -> bool:
+    """Click's no-rewrap marker (a paragraph that starts with \\b), a list or an indented
+    block: laid out by hand, so its line breaks are kept."""
+    return paragraph.startswith("\b") or any(
+        line.startswith((" ", "-", "*")) for line in paragraph.splitlines()
+    )
+
+
 def reflow(doc: str) -> str:
-    """A docstring with each paragraph on one line, for the terminal to wrap."""
-    paragraphs = inspect.cleandoc(doc).split("\n\n")
-    return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
+    """A docstring with each paragraph on one line, for the terminal to wrap.
+
+    Text after Click's \\f line (hidden from help) and paragraphs laid out by hand are
+    kept as written.
+    """
+    shown, cut, hidden = inspect.cleandoc(doc).partition("\f")
+    paragraphs = shown.split("\n\n")
+    joined = (p if _keeps_its_lines(p) else " ".join(p.split()) for p in paragraphs)
+    return "\n\n".join(joined).rstrip() + (("\n" + cut + hidden) if cut else "")
 
 
 def reflow_help(typer_app: typer.Typer) -> None:
